@@ -10,7 +10,7 @@
 //! | `activate(target, tries)` | `target` boots next, on trial, with `tries` attempts; the other slot stays the fallback |
 //! | `mark_good(booted)` | the booted slot is committed: it stays first and its counter is restored |
 //! | `mark_bad(slot)` | `slot` is no longer bootable |
-//! | `rollback()` | the other slot (which must be bootable) boots next; the current one is marked bad |
+//! | `rollback()` | the other slot (which must be bootable) boots next, on trial; the current one stays behind it as the fallback |
 //!
 //! Each operation is one atomic write of the backend's storage.
 

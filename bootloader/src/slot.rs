@@ -93,6 +93,11 @@ pub struct BootStatus {
     pub slots: Vec<SlotState>,
     /// Whether the booted slot is committed (marked good): `false` while it runs on trial.
     pub committed: bool,
+    /// The slot activated by an update or rollback and not yet committed, if any.
+    pub trial: Option<Slot>,
+    /// The slot of the last trial that failed (ran out of tries or was refused by the
+    /// firmware) and was never committed, when the backend records it.
+    pub last_failed: Option<Slot>,
 }
 
 impl BootStatus {
