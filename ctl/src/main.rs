@@ -1,22 +1,474 @@
 //! `basaltctl`: the Basalt operator CLI.
 //!
 //! basaltctl talks to machined's gRPC API over mutual TLS: it generates secrets and
-//! configs, applies configuration, reads resources, logs and audit trails, and drives
-//! upgrades and rollbacks, fanning out to many nodes client-side. It must not depend on
-//! daemon-only crates.
+//! configs, applies configuration, reads statistics and audit trails, and reboots, fanning
+//! out to many nodes client-side (`-n a,b,c`: one line or block per node, per-node errors,
+//! a non-zero exit code if any node failed; `-o json` for machines). Errors are printed
+//! with their whole cause chain.
 
+mod render;
+
+use anyhow::{Context as _, anyhow, bail};
+use basaltctl::config::{ClientConfig, Context, MachineConfigInput, TokenKeyEntry};
+use basaltctl::connect::{self, ConnectOptions, ServerTrust, TlsSettings};
+use basaltctl::fanout::fan_out;
+use basaltctl::secrets::{Secrets, write_file};
+use basaltctl::token::TokenKey;
+use clap::{Parser, Subcommand, ValueEnum};
+use render::{Op, Rendered};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The Basalt operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "basaltctl", version)]
+struct Cli {
+    /// Client configuration file [default: ~/.basalt/basaltctl.yaml].
+    #[arg(long, env = "BASALTCONFIG", global = true)]
+    basaltconfig: Option<PathBuf>,
+    /// Context of the client configuration to use [default: its current context].
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Nodes to talk to (comma-separated `host[:port]`) [default: the context's endpoints].
+    #[arg(short = 'n', long = "nodes", value_delimiter = ',', global = true)]
+    nodes: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+    /// Bearer token sent with every call (overrides the context's token).
+    #[arg(long, env = "BASALT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Seconds allowed for connecting (TCP and TLS) to each node.
+    #[arg(long, default_value_t = 5, global = true)]
+    connect_timeout: u64,
+    /// Connection retries (with exponential backoff) on network errors.
+    #[arg(long, default_value_t = 3, global = true)]
+    retries: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Human-readable text.
+    Text,
+    /// One JSON array with one object per node.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate secrets, configurations and tokens (local, no node contacted).
+    #[command(subcommand)]
+    Gen(Gen),
+    /// Show the version of each node.
+    Version,
+    /// Apply a machine configuration.
+    ApplyConfig(ApplyArgs),
+    /// Query the audit log of each node.
+    Audit(AuditArgs),
+    /// Reboot each node.
+    Reboot {
+        /// Reboot even when a service refuses to stop in time.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show CPU, memory, load, disk and network statistics of each node.
+    Stats,
+    /// Show the A/B boot state of each node.
+    BootStatus,
+}
+
+#[derive(Debug, Subcommand)]
+enum Gen {
+    /// Generate a CA, a node server certificate and admin/operator/reader client
+    /// certificates.
+    Secrets {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// IP address or DNS name of the node(s), for the server certificate (repeatable).
+        #[arg(long = "san", required = true)]
+        sans: Vec<String>,
+        /// Validity of the certificates, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a machine configuration and a client configuration (basaltctl.yaml).
+    Config {
+        /// Directory written by `gen secrets`.
+        #[arg(long)]
+        secrets: PathBuf,
+        /// Machine id (also the token audience).
+        #[arg(long)]
+        machine_id: String,
+        /// Cluster id (also accepted as token audience).
+        #[arg(long)]
+        cluster_id: Option<String>,
+        /// Hostname of the node.
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Node address(es) for the client configuration (repeatable).
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// Role of the client certificate put into basaltctl.yaml.
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Trusted token key `ID=BASE64PUBLICKEY` (repeatable).
+        #[arg(long = "token-key")]
+        token_keys: Vec<String>,
+        /// Output directory (machine.yaml and basaltctl.yaml).
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate an Ed25519 token signing key; prints the public key for the config.
+    TokenKey {
+        /// Key file to write (PEM, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a bearer token.
+    Token {
+        /// Key file written by `gen token-key`.
+        #[arg(long)]
+        key: PathBuf,
+        /// Key id the node trusts the key under.
+        #[arg(long)]
+        kid: String,
+        /// Audience: machine id or cluster id (repeatable).
+        #[arg(long = "aud", required = true)]
+        audience: Vec<String>,
+        /// Scope: `role:admin|operator|reader` or `rpc:/pkg.Service/Method` (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Token id (`jti`) [default: random].
+        #[arg(long)]
+        jti: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ApplyArgs {
+    /// The machine configuration file.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// How the configuration takes effect.
+    #[arg(long, value_enum, default_value_t = render::Mode::Auto)]
+    mode: render::Mode,
+    /// Only validate and show the diff.
+    #[arg(long)]
+    dry_run: bool,
+    /// For `--mode try`: seconds before the previous configuration is restored.
+    #[arg(long, default_value_t = 60)]
+    try_timeout: u64,
+    /// Talk to a node in maintenance mode: no client certificate, and the server is
+    /// checked by --fingerprint (or not at all without it).
+    #[arg(long)]
+    insecure: bool,
+    /// SHA-256 fingerprint of the maintenance certificate, as printed on the node console.
+    #[arg(long, requires = "insecure")]
+    fingerprint: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct AuditArgs {
+    /// Only entries at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only this RPC (full method path).
+    #[arg(long)]
+    rpc: Option<String>,
+    /// Only this result: a gRPC code name (OK, PERMISSION_DENIED, …) or DENIED.
+    #[arg(long)]
+    result: Option<String>,
+    /// At most this many entries (most recent).
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+}
 
 fn main() -> ExitCode {
-    let arg = std::env::args().nth(1);
-    match arg.as_deref() {
-        Some("--version") => {
-            println!("basaltctl {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("basaltctl: error: tokio runtime: {e}");
+            return ExitCode::FAILURE;
         }
-        _ => {
-            eprintln!("basaltctl: no commands are implemented yet");
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("basaltctl: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, joined with ": ", leaving out a cause whose text an earlier
+/// message already contains (several layers repeat their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+fn default_config_path() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    home.join(".basalt").join("basaltctl.yaml")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let op = match &cli.command {
+        Command::Gen(g) => return generate(g),
+        Command::Version => Op::Version,
+        Command::ApplyConfig(a) => {
+            let data =
+                std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+            Op::Apply {
+                data: Arc::new(data),
+                mode: a.mode,
+                dry_run: a.dry_run,
+                try_timeout: a.try_timeout,
+            }
+        }
+        Command::Audit(a) => Op::Audit {
+            since: a.since.clone(),
+            rpc: a.rpc.clone(),
+            result: a.result.clone(),
+            limit: a.limit,
+        },
+        Command::Reboot { force } => Op::Reboot { force: *force },
+        Command::Stats => Op::Stats,
+        Command::BootStatus => Op::BootStatus,
+    };
+    let insecure = match &cli.command {
+        Command::ApplyConfig(a) if a.insecure => Some(a.fingerprint.clone()),
+        _ => None,
+    };
+    let (nodes, tls, context_token) = match insecure {
+        Some(fingerprint) => {
+            if cli.nodes.is_empty() {
+                bail!("--insecure needs the node(s) to talk to: -n ADDRESS");
+            }
+            let trust = match fingerprint {
+                Some(fp) => ServerTrust::Fingerprint(fp),
+                None => {
+                    eprintln!(
+                        "basaltctl: warning: --insecure without --fingerprint: the node's identity is not checked"
+                    );
+                    ServerTrust::Insecure
+                }
+            };
+            let tls = TlsSettings {
+                trust,
+                identity: None,
+            };
+            (cli.nodes.clone(), tls, None)
+        }
+        None => {
+            let path = cli.basaltconfig.clone().unwrap_or_else(default_config_path);
+            let config = ClientConfig::load(&path).context("loading the client configuration")?;
+            let ctx = config.context(cli.context.as_deref(), &path)?;
+            let nodes = if cli.nodes.is_empty() {
+                ctx.endpoints.clone()
+            } else {
+                cli.nodes.clone()
+            };
+            if nodes.is_empty() {
+                bail!("no nodes: pass -n or set endpoints in the context");
+            }
+            let tls = TlsSettings::mutual(&ctx.ca, &ctx.cert, &ctx.key)
+                .with_context(|| format!("TLS settings of {}", path.display()))?;
+            (nodes, tls, ctx.token.clone())
+        }
+    };
+    let opts = ConnectOptions {
+        connect_timeout: Duration::from_secs(cli.connect_timeout),
+        retries: cli.retries,
+        token: cli.token.clone().or(context_token),
+        ..ConnectOptions::default()
+    };
+    let tls = Arc::new(tls);
+    let results = fan_out(&nodes, |node| {
+        let (tls, opts, op) = (tls.clone(), opts.clone(), op.clone());
+        async move {
+            let clients = connect::connect(&node, &tls, &opts)
+                .await
+                .map_err(|e| error_chain(&anyhow::Error::new(e)))?;
+            op.run(clients).await.map_err(|e| error_chain(&e))
+        }
+    })
+    .await;
+    let failed = results.iter().filter(|r| r.result.is_err()).count();
+    match cli.output {
+        Output::Json => {
+            let doc: Vec<serde_json::Value> = results
+                .iter()
+                .map(|r| match &r.result {
+                    Ok(Rendered { json, .. }) => {
+                        serde_json::json!({"node": r.node, "result": json})
+                    }
+                    Err(e) => serde_json::json!({"node": r.node, "error": e}),
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Text => {
+            let single = results.len() == 1;
+            for r in &results {
+                match &r.result {
+                    Ok(Rendered { text, .. }) if single => println!("{text}"),
+                    Ok(Rendered { text, .. }) if !text.contains('\n') => {
+                        println!("{}\t{text}", r.node)
+                    }
+                    Ok(Rendered { text, .. }) => println!("== {} ==\n{text}", r.node),
+                    Err(e) => eprintln!("basaltctl: {}: error: {e}", r.node),
+                }
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn generate(g: &Gen) -> anyhow::Result<ExitCode> {
+    match g {
+        Gen::Secrets {
+            out,
+            sans,
+            days,
+            force,
+        } => {
+            let secrets = Secrets::generate(sans, *days)?;
+            for path in secrets.write_dir(out, *force)? {
+                println!("wrote {}", path.display());
+            }
+        }
+        Gen::Config {
+            secrets,
+            machine_id,
+            cluster_id,
+            hostname,
+            endpoints,
+            role,
+            token_keys,
+            out,
+            force,
+        } => {
+            let s = Secrets::read_dir(secrets)
+                .with_context(|| format!("reading secrets from {}", secrets.display()))?;
+            let client = s
+                .client(role)
+                .ok_or_else(|| anyhow!("no client certificate for role {role:?}"))?;
+            let token_keys = token_keys
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(id, key)| TokenKeyEntry {
+                            id: id.to_string(),
+                            public_key: key.to_string(),
+                        })
+                        .ok_or_else(|| anyhow!("--token-key {kv:?}: expected ID=BASE64"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let machine = basaltctl::config::render_machine_config(&MachineConfigInput {
+                machine_id: machine_id.clone(),
+                cluster_id: cluster_id.clone(),
+                hostname: hostname.clone(),
+                ca_pem: s.ca.cert_pem.clone(),
+                cert_pem: s.server.cert_pem.clone(),
+                key_pem: s.server.key_pem.clone(),
+                token_keys,
+            });
+            let name = cluster_id.clone().unwrap_or_else(|| machine_id.clone());
+            let client_config = ClientConfig {
+                context: name.clone(),
+                contexts: BTreeMap::from([(
+                    name,
+                    Context {
+                        endpoints: endpoints.clone(),
+                        ca: s.ca.cert_pem.clone(),
+                        cert: client.cert_pem.clone(),
+                        key: client.key_pem.clone(),
+                        token: None,
+                    },
+                )]),
+            };
+            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+            for (file, text) in [
+                ("machine.yaml", machine),
+                ("basaltctl.yaml", client_config.to_yaml()),
+            ] {
+                let path = out.join(file);
+                refuse_overwrite(&path, *force)?;
+                write_file(&path, text.as_bytes(), true)?;
+                println!("wrote {}", path.display());
+            }
+        }
+        Gen::TokenKey { out } => {
+            let key = TokenKey::generate()?;
+            refuse_overwrite(out, false)?;
+            write_file(out, key.to_pem().as_bytes(), true)?;
+            println!("wrote {}", out.display());
+            println!("publicKey: {}", key.public_key_base64());
+        }
+        Gen::Token {
+            key,
+            kid,
+            audience,
+            scopes,
+            ttl,
+            jti,
+        } => {
+            let pem = std::fs::read_to_string(key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let key = TokenKey::from_pem(&pem)?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+            let jti = jti
+                .clone()
+                .unwrap_or_else(|| format!("{kid}-{}", now.as_nanos()));
+            println!(
+                "{}",
+                key.sign(kid, audience, scopes, now.as_secs() + ttl, &jti)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists (pass --force to overwrite)", path.display());
+    }
+    Ok(())
 }

@@ -1,0 +1,364 @@
+//! The remote operations of the CLI and how their replies are shown (text and JSON).
+
+use anyhow::{Context as _, anyhow};
+use basalt_proto::audit::v1 as audit;
+use basalt_proto::machine::v1 as pb;
+use basaltctl::connect::Clients;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Apply mode on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Live when possible, else reboot.
+    Auto,
+    /// Live only.
+    NoReboot,
+    /// Store and reboot.
+    Reboot,
+    /// Store for the next boot.
+    Staged,
+    /// Live on trial with auto-revert.
+    Try,
+}
+
+impl Mode {
+    fn proto(self) -> pb::ApplyMode {
+        match self {
+            Mode::Auto => pb::ApplyMode::Auto,
+            Mode::NoReboot => pb::ApplyMode::NoReboot,
+            Mode::Reboot => pb::ApplyMode::Reboot,
+            Mode::Staged => pb::ApplyMode::Staged,
+            Mode::Try => pb::ApplyMode::Try,
+        }
+    }
+}
+
+/// One remote operation, run on each node.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// MachineService.Version.
+    Version,
+    /// MachineService.ApplyConfiguration.
+    Apply {
+        /// The configuration.
+        data: Arc<Vec<u8>>,
+        /// The mode.
+        mode: Mode,
+        /// Validate and diff only.
+        dry_run: bool,
+        /// TRY timeout in seconds.
+        try_timeout: u64,
+    },
+    /// AuditService.Query.
+    Audit {
+        /// RFC 3339 lower bound.
+        since: Option<String>,
+        /// RPC filter.
+        rpc: Option<String>,
+        /// Result filter.
+        result: Option<String>,
+        /// Entry limit.
+        limit: u32,
+    },
+    /// MachineService.Reboot.
+    Reboot {
+        /// Force.
+        force: bool,
+    },
+    /// MachineService.Stats.
+    Stats,
+    /// MachineService.BootStatus.
+    BootStatus,
+}
+
+/// A reply shown as text or JSON.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Human-readable form (one line, or a block).
+    pub text: String,
+    /// Machine-readable form.
+    pub json: Value,
+}
+
+fn status_err(rpc: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow!("{rpc}: {:?}: {}", s.code(), s.message())
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref()
+        .and_then(|t| {
+            time::OffsetDateTime::from_unix_timestamp(t.seconds)
+                .ok()
+                .map(|d| d + time::Duration::nanoseconds(i64::from(t.nanos)))
+        })
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn slot(s: i32) -> &'static str {
+    match pb::Slot::try_from(s) {
+        Ok(pb::Slot::A) => "A",
+        Ok(pb::Slot::B) => "B",
+        _ => "-",
+    }
+}
+
+impl Op {
+    /// Runs the operation with `clients` and renders the reply.
+    pub async fn run(self, mut c: Clients) -> anyhow::Result<Rendered> {
+        match self {
+            Op::Version => {
+                let v = c
+                    .machine
+                    .version(pb::VersionRequest {})
+                    .await
+                    .map_err(|s| status_err("Version", s))?
+                    .into_inner();
+                let who = if v.maintenance {
+                    "maintenance mode".to_string()
+                } else {
+                    format!("machine {}", v.machine_id)
+                };
+                Ok(Rendered {
+                    text: format!("basalt {} ({}, {}) {who}", v.version, v.board, v.arch),
+                    json: json!({"version": v.version, "git_commit": v.git_commit, "board": v.board,
+                        "arch": v.arch, "maintenance": v.maintenance, "machine_id": v.machine_id}),
+                })
+            }
+            Op::Apply {
+                data,
+                mode,
+                dry_run,
+                try_timeout,
+            } => {
+                let req = pb::ApplyConfigurationRequest {
+                    data: data.to_vec(),
+                    mode: mode.proto() as i32,
+                    dry_run,
+                    try_timeout: Some(prost_types::Duration {
+                        seconds: try_timeout as i64,
+                        nanos: 0,
+                    }),
+                };
+                let r = c
+                    .machine
+                    .apply_configuration(req)
+                    .await
+                    .map_err(|s| status_err("ApplyConfiguration", s))?
+                    .into_inner();
+                let mut text = r.message.clone();
+                for w in &r.warnings {
+                    write!(text, "\nwarning: {w}")?;
+                }
+                if dry_run && !r.diff.is_empty() {
+                    write!(text, "\n{}", r.diff.trim_end())?;
+                }
+                let mode_name = pb::ApplyMode::try_from(r.mode)
+                    .map(|m| m.as_str_name())
+                    .unwrap_or("?");
+                Ok(Rendered {
+                    text,
+                    json: json!({"message": r.message, "mode": mode_name, "warnings": r.warnings,
+                        "diff": r.diff, "version": r.version, "reboot": r.reboot}),
+                })
+            }
+            Op::Audit {
+                since,
+                rpc,
+                result,
+                limit,
+            } => {
+                let since = match since {
+                    Some(s) => {
+                        let t = time::OffsetDateTime::parse(
+                            &s,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .with_context(|| format!("--since {s:?} is not an RFC 3339 time"))?;
+                        Some(prost_types::Timestamp {
+                            seconds: t.unix_timestamp(),
+                            nanos: t.nanosecond() as i32,
+                        })
+                    }
+                    None => None,
+                };
+                let r = c
+                    .audit
+                    .query(audit::QueryRequest {
+                        since,
+                        rpc: rpc.unwrap_or_default(),
+                        result: result.unwrap_or_default(),
+                        limit,
+                    })
+                    .await
+                    .map_err(|s| status_err("Query", s))?
+                    .into_inner();
+                let mut text = String::new();
+                let mut entries = Vec::new();
+                for e in &r.entries {
+                    let caller = e.caller.clone().unwrap_or_default();
+                    let who = if caller.subject.is_empty() {
+                        caller.address.clone()
+                    } else {
+                        caller.subject.clone()
+                    };
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    write!(
+                        text,
+                        "{} {} {} {} {}ms {}",
+                        ts(&e.time),
+                        e.result,
+                        e.rpc,
+                        who,
+                        e.duration_ms,
+                        e.reason
+                    )?;
+                    if !e.summary.is_empty() {
+                        write!(text, " [{}]", e.summary)?;
+                    }
+                    entries.push(json!({"time": ts(&e.time), "subject": caller.subject,
+                        "fingerprint": caller.fingerprint, "address": caller.address,
+                        "token_id": caller.token_id, "rpc": e.rpc, "allowed": e.allowed,
+                        "reason": e.reason, "summary": e.summary, "result": e.result,
+                        "code": e.code, "duration_ms": e.duration_ms}));
+                }
+                if text.is_empty() {
+                    text = "no matching audit entries".into();
+                }
+                Ok(Rendered {
+                    text,
+                    json: json!({"entries": entries, "truncated": r.truncated}),
+                })
+            }
+            Op::Reboot { force } => {
+                let r = c
+                    .machine
+                    .reboot(pb::RebootRequest { force })
+                    .await
+                    .map_err(|s| status_err("Reboot", s))?
+                    .into_inner();
+                Ok(Rendered {
+                    text: r.message.clone(),
+                    json: json!({"message": r.message}),
+                })
+            }
+            Op::Stats => {
+                let s = c
+                    .machine
+                    .stats(pb::StatsRequest {})
+                    .await
+                    .map_err(|s| status_err("Stats", s))?
+                    .into_inner();
+                Ok(render_stats(&s))
+            }
+            Op::BootStatus => {
+                let b = c
+                    .machine
+                    .boot_status(pb::BootStatusRequest {})
+                    .await
+                    .map_err(|s| status_err("BootStatus", s))?
+                    .into_inner();
+                let order: Vec<_> = b.order.iter().map(|s| slot(*s)).collect();
+                let mut text = format!(
+                    "booted {} next {} order [{}] committed {} trial {} last-failed {} ({})",
+                    slot(b.booted),
+                    slot(b.next_boot),
+                    order.join(" "),
+                    b.committed,
+                    slot(b.trial),
+                    slot(b.last_failed),
+                    b.backend
+                );
+                let mut slots = Vec::new();
+                for s in &b.slots {
+                    let tries = s.tries_left.map(|t| t.to_string()).unwrap_or("-".into());
+                    write!(
+                        text,
+                        "\n  slot {}: bootable {} tries left {tries}",
+                        slot(s.slot),
+                        s.bootable
+                    )?;
+                    slots.push(json!({"slot": slot(s.slot), "bootable": s.bootable, "tries_left": s.tries_left}));
+                }
+                Ok(Rendered {
+                    text,
+                    json: json!({"booted": slot(b.booted), "next_boot": slot(b.next_boot),
+                        "order": order, "committed": b.committed, "trial": slot(b.trial),
+                        "last_failed": slot(b.last_failed), "backend": b.backend, "slots": slots}),
+                })
+            }
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+fn render_stats(s: &pb::StatsResponse) -> Rendered {
+    let cpu = s.cpu.clone().unwrap_or_default();
+    let mem = s.memory.unwrap_or_default();
+    let load = s.load.unwrap_or_default();
+    let mut text = format!(
+        "cpu: {} cores, {:.1}% used\nmemory: {} / {} MiB used, {} MiB available\nload: {:.2} {:.2} {:.2}\nuptime: {} s",
+        cpu.count,
+        cpu.usage_percent,
+        mem.used_bytes / MIB,
+        mem.total_bytes / MIB,
+        mem.available_bytes / MIB,
+        load.one,
+        load.five,
+        load.fifteen,
+        s.uptime_seconds
+    );
+    for d in &s.disks {
+        let _ = write!(
+            text,
+            "\ndisk {}: {} / {} MiB free ({})",
+            d.mount_point,
+            d.available_bytes / MIB,
+            d.total_bytes / MIB,
+            d.filesystem
+        );
+    }
+    for n in &s.network {
+        let _ = write!(
+            text,
+            "\nnet {}: rx {} B, tx {} B",
+            n.name, n.rx_bytes, n.tx_bytes
+        );
+    }
+    let disks: Vec<_> = s
+        .disks
+        .iter()
+        .map(|d| json!({"mount_point": d.mount_point, "device": d.device, "filesystem": d.filesystem,
+            "total_bytes": d.total_bytes, "available_bytes": d.available_bytes, "read_only": d.read_only}))
+        .collect();
+    let network: Vec<_> = s
+        .network
+        .iter()
+        .map(|n| {
+            json!({"name": n.name, "rx_bytes": n.rx_bytes, "tx_bytes": n.tx_bytes,
+            "rx_packets": n.rx_packets, "tx_packets": n.tx_packets, "rx_errors": n.rx_errors,
+            "tx_errors": n.tx_errors, "mac_address": n.mac_address})
+        })
+        .collect();
+    Rendered {
+        text,
+        json: json!({
+            "cpu": {"count": cpu.count, "usage_percent": cpu.usage_percent, "per_cpu_percent": cpu.per_cpu_percent},
+            "memory": {"total_bytes": mem.total_bytes, "used_bytes": mem.used_bytes,
+                "available_bytes": mem.available_bytes, "swap_total_bytes": mem.swap_total_bytes,
+                "swap_used_bytes": mem.swap_used_bytes},
+            "load": {"one": load.one, "five": load.five, "fifteen": load.fifteen},
+            "uptime_seconds": s.uptime_seconds,
+            "disks": disks,
+            "network": network,
+        }),
+    }
+}

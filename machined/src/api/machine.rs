@@ -1,0 +1,290 @@
+//! `basalt.machine.v1.MachineService`: thin handlers over [`Node`].
+//!
+//! Implemented: Version, ApplyConfiguration (not TRY), GetConfiguration, Reboot, Shutdown,
+//! BootStatus, Rollback, Stats, Processes, Mounts, Disks. The others answer UNIMPLEMENTED
+//! with what is missing; none pretends to succeed.
+
+use crate::api::guard::AuditNote;
+use crate::node::{ApplyMode, Node, NodeError};
+use basalt_bootloader::Slot;
+use basalt_proto::machine::v1::{self as pb, machine_service_server::MachineService};
+use std::pin::Pin;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+type Reply<T> = Result<Response<T>, Status>;
+
+/// The MachineService handlers.
+#[derive(Debug)]
+pub struct MachineApi {
+    node: Arc<Node>,
+}
+
+impl MachineApi {
+    /// Handlers over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn status(e: NodeError) -> Status {
+    match &e {
+        NodeError::InvalidConfig(_) => Status::invalid_argument(e.to_string()),
+        NodeError::Unimplemented(_) => Status::unimplemented(e.to_string()),
+        NodeError::NotFound(_) => Status::not_found(e.to_string()),
+        NodeError::Bootloader(basalt_bootloader::BootloaderError::Refused(_)) => {
+            Status::failed_precondition(e.to_string())
+        }
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn unimplemented<T>(what: &str) -> Reply<T> {
+    Err(Status::unimplemented(format!("{what} not implemented yet")))
+}
+
+fn slot(s: Option<Slot>) -> i32 {
+    (match s {
+        None => pb::Slot::Unspecified,
+        Some(Slot::A) => pb::Slot::A,
+        Some(Slot::B) => pb::Slot::B,
+    }) as i32
+}
+
+fn mode_to_proto(m: ApplyMode) -> i32 {
+    (match m {
+        ApplyMode::Auto => pb::ApplyMode::Auto,
+        ApplyMode::NoReboot => pb::ApplyMode::NoReboot,
+        ApplyMode::Reboot => pb::ApplyMode::Reboot,
+        ApplyMode::Staged => pb::ApplyMode::Staged,
+        ApplyMode::Try => pb::ApplyMode::Try,
+    }) as i32
+}
+
+/// Runs blocking observation code off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::observe::ObserveError> + Send + 'static,
+) -> Reply<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("task: {e}")))?
+        .map(Response::new)
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl MachineService for MachineApi {
+    async fn version(&self, _request: Request<pb::VersionRequest>) -> Reply<pb::VersionResponse> {
+        let mode = self.node.api.current();
+        let machine_id = match &mode.kind {
+            crate::api::ModeKind::Secure { machine_id, .. } => machine_id.clone(),
+            crate::api::ModeKind::Maintenance { .. } => String::new(),
+        };
+        Ok(Response::new(pb::VersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: option_env!("BASALT_GIT_COMMIT").unwrap_or("").to_string(),
+            board: if self.node.dev { "dev" } else { "" }.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            maintenance: machine_id.is_empty(),
+            machine_id,
+        }))
+    }
+
+    async fn apply_configuration(
+        &self,
+        request: Request<pb::ApplyConfigurationRequest>,
+    ) -> Reply<pb::ApplyConfigurationResponse> {
+        let r = request.get_ref();
+        let mode = match pb::ApplyMode::try_from(r.mode) {
+            Ok(pb::ApplyMode::Unspecified | pb::ApplyMode::Auto) => ApplyMode::Auto,
+            Ok(pb::ApplyMode::NoReboot) => ApplyMode::NoReboot,
+            Ok(pb::ApplyMode::Reboot) => ApplyMode::Reboot,
+            Ok(pb::ApplyMode::Staged) => ApplyMode::Staged,
+            Ok(pb::ApplyMode::Try) => ApplyMode::Try,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown apply mode {}",
+                    r.mode
+                )));
+            }
+        };
+        // The configuration holds private keys: only its size and hash are audited.
+        AuditNote::set(
+            &request,
+            format!(
+                "config {} bytes sha256={} mode={mode:?} dry_run={}",
+                r.data.len(),
+                crate::api::tls::sha256_hex(&r.data),
+                r.dry_run
+            ),
+        );
+        let outcome = self
+            .node
+            .apply_config(&r.data, mode, r.dry_run)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ApplyConfigurationResponse {
+            mode: mode_to_proto(outcome.mode),
+            warnings: outcome.warnings,
+            diff: outcome.diff,
+            message: outcome.message,
+            version: outcome.version,
+            reboot: outcome.reboot,
+        }))
+    }
+
+    async fn get_configuration(
+        &self,
+        _request: Request<pb::GetConfigurationRequest>,
+    ) -> Reply<pb::GetConfigurationResponse> {
+        let (current, staged) = self.node.get_config().map_err(status)?;
+        Ok(Response::new(pb::GetConfigurationResponse {
+            data: current.data,
+            version: current.version,
+            applied_at: Some(crate::timefmt::to_timestamp(current.applied_at)),
+            staged: staged.unwrap_or_default(),
+        }))
+    }
+
+    async fn reboot(&self, request: Request<pb::RebootRequest>) -> Reply<pb::RebootResponse> {
+        AuditNote::set(&request, format!("force={}", request.get_ref().force));
+        self.node.host.reboot().map_err(|e| status(e.into()))?;
+        let message = if self.node.host.is_simulated() {
+            "rebooting (dev mode: recorded, not performed)"
+        } else {
+            "rebooting"
+        };
+        Ok(Response::new(pb::RebootResponse {
+            message: message.into(),
+        }))
+    }
+
+    async fn shutdown(&self, request: Request<pb::ShutdownRequest>) -> Reply<pb::ShutdownResponse> {
+        AuditNote::set(&request, format!("force={}", request.get_ref().force));
+        self.node.host.shutdown().map_err(|e| status(e.into()))?;
+        let message = if self.node.host.is_simulated() {
+            "shutting down (dev mode: recorded, not performed)"
+        } else {
+            "shutting down"
+        };
+        Ok(Response::new(pb::ShutdownResponse {
+            message: message.into(),
+        }))
+    }
+
+    async fn reset(&self, request: Request<pb::ResetRequest>) -> Reply<pb::ResetResponse> {
+        let r = request.get_ref();
+        AuditNote::set(
+            &request,
+            format!("wipe_state={} wipe_data={}", r.wipe_state, r.wipe_data),
+        );
+        unimplemented("Reset (wiping STATE/DATA)")
+    }
+
+    async fn boot_status(
+        &self,
+        _request: Request<pb::BootStatusRequest>,
+    ) -> Reply<pb::BootStatusResponse> {
+        let st = self.node.boot_status().map_err(status)?;
+        Ok(Response::new(pb::BootStatusResponse {
+            booted: slot(st.booted),
+            next_boot: slot(st.next_boot()),
+            order: st.order.iter().map(|s| slot(Some(*s))).collect(),
+            slots: st
+                .slots
+                .iter()
+                .map(|s| pb::SlotStatus {
+                    slot: slot(Some(s.slot)),
+                    bootable: s.bootable,
+                    tries_left: s.tries_left,
+                })
+                .collect(),
+            committed: st.committed,
+            trial: slot(st.trial),
+            last_failed: slot(st.last_failed),
+            backend: self.node.boot_backend.clone(),
+        }))
+    }
+
+    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Reply<pb::RollbackResponse> {
+        let reboot = request.get_ref().reboot;
+        AuditNote::set(&request, format!("reboot={reboot}"));
+        let next = self.node.rollback(reboot).map_err(status)?;
+        Ok(Response::new(pb::RollbackResponse {
+            next_boot: slot(Some(next)),
+            rebooting: reboot,
+        }))
+    }
+
+    async fn service_list(
+        &self,
+        _request: Request<pb::ServiceListRequest>,
+    ) -> Reply<pb::ServiceListResponse> {
+        unimplemented("ServiceList (service supervision)")
+    }
+
+    async fn service_start(
+        &self,
+        request: Request<pb::ServiceStartRequest>,
+    ) -> Reply<pb::ServiceStartResponse> {
+        AuditNote::set(&request, format!("service={}", request.get_ref().id));
+        unimplemented("ServiceStart (service supervision)")
+    }
+
+    async fn service_stop(
+        &self,
+        request: Request<pb::ServiceStopRequest>,
+    ) -> Reply<pb::ServiceStopResponse> {
+        AuditNote::set(&request, format!("service={}", request.get_ref().id));
+        unimplemented("ServiceStop (service supervision)")
+    }
+
+    async fn service_restart(
+        &self,
+        request: Request<pb::ServiceRestartRequest>,
+    ) -> Reply<pb::ServiceRestartResponse> {
+        AuditNote::set(&request, format!("service={}", request.get_ref().id));
+        unimplemented("ServiceRestart (service supervision)")
+    }
+
+    type LogsStream = Stream<pb::LogEntry>;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Reply<Self::LogsStream> {
+        AuditNote::set(&request, format!("service={}", request.get_ref().service));
+        unimplemented("Logs (service log capture)")
+    }
+
+    type DmesgStream = Stream<pb::KernelLogEntry>;
+
+    async fn dmesg(&self, _request: Request<pb::DmesgRequest>) -> Reply<Self::DmesgStream> {
+        unimplemented("Dmesg (kernel log reader)")
+    }
+
+    type EventsStream = Stream<pb::Event>;
+
+    async fn events(&self, _request: Request<pb::EventsRequest>) -> Reply<Self::EventsStream> {
+        unimplemented("Events (machine event bus)")
+    }
+
+    async fn stats(&self, _request: Request<pb::StatsRequest>) -> Reply<pb::StatsResponse> {
+        let node = self.node.clone();
+        blocking(move || node.observer.stats()).await
+    }
+
+    async fn processes(
+        &self,
+        _request: Request<pb::ProcessesRequest>,
+    ) -> Reply<pb::ProcessesResponse> {
+        let node = self.node.clone();
+        blocking(move || node.observer.processes()).await
+    }
+
+    async fn mounts(&self, _request: Request<pb::MountsRequest>) -> Reply<pb::MountsResponse> {
+        blocking(crate::observe::mounts).await
+    }
+
+    async fn disks(&self, _request: Request<pb::DisksRequest>) -> Reply<pb::DisksResponse> {
+        blocking(|| crate::observe::disks_in(std::path::Path::new("/sys/block"))).await
+    }
+}

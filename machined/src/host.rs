@@ -1,0 +1,206 @@
+//! What machined does to the host: the [`HostActions`] trait and its dev implementation.
+//!
+//! Every change machined makes to the machine it runs on (hostname, sysctls, kernel
+//! modules, reboot, power-off) goes through [`HostActions`], so the API, the config logic
+//! and their tests run unprivileged on a developer's machine with [`DevHost`], which only
+//! records what it was asked to do: in memory and as JSON lines in
+//! `<state>/host-actions.jsonl`. The implementation that really acts on a node comes with
+//! the early-boot work; until then machined refuses to start without `--dev`.
+
+use serde::{Deserialize, Serialize};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// File name of the dev-mode action record inside the state dir.
+pub const DEV_ACTIONS_FILE: &str = "host-actions.jsonl";
+
+/// A failed host action.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The action was refused or failed.
+    #[error("host action {action}: {message}")]
+    Failed {
+        /// The action, e.g. "reboot".
+        action: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// The dev-mode record could not be written.
+    #[error("host action record {path}: {source}")]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One thing machined asked the host to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum HostAction {
+    /// Set the kernel hostname.
+    SetHostname {
+        /// The new hostname.
+        hostname: String,
+    },
+    /// Write a sysctl.
+    SetSysctl {
+        /// Key, e.g. `net.ipv4.ip_forward`.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Load a kernel module.
+    LoadModule {
+        /// Module name.
+        name: String,
+    },
+    /// Reboot.
+    Reboot,
+    /// Power off.
+    Shutdown,
+}
+
+impl HostAction {
+    /// The action's name, e.g. `reboot`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostAction::SetHostname { .. } => "set_hostname",
+            HostAction::SetSysctl { .. } => "set_sysctl",
+            HostAction::LoadModule { .. } => "load_module",
+            HostAction::Reboot => "reboot",
+            HostAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Everything machined does to the host. Implementations must be cheap to call from an
+/// async context (the dev one writes one short line; the real one hands long work such as a
+/// reboot to a background task).
+pub trait HostActions: Send + Sync + std::fmt::Debug {
+    /// Performs one action.
+    fn perform(&self, action: HostAction) -> Result<(), HostError>;
+
+    /// Whether actions are only recorded (dev mode), not performed.
+    fn is_simulated(&self) -> bool;
+
+    /// Sets the kernel hostname.
+    fn set_hostname(&self, hostname: &str) -> Result<(), HostError> {
+        self.perform(HostAction::SetHostname {
+            hostname: hostname.to_string(),
+        })
+    }
+    /// Writes a sysctl.
+    fn set_sysctl(&self, key: &str, value: &str) -> Result<(), HostError> {
+        self.perform(HostAction::SetSysctl {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+    }
+    /// Loads a kernel module.
+    fn load_module(&self, name: &str) -> Result<(), HostError> {
+        self.perform(HostAction::LoadModule {
+            name: name.to_string(),
+        })
+    }
+    /// Starts a reboot.
+    fn reboot(&self) -> Result<(), HostError> {
+        self.perform(HostAction::Reboot)
+    }
+    /// Starts a power-off.
+    fn shutdown(&self) -> Result<(), HostError> {
+        self.perform(HostAction::Shutdown)
+    }
+}
+
+/// One recorded action with its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedAction {
+    /// When it was asked for, RFC 3339.
+    pub time: String,
+    /// What was asked.
+    #[serde(flatten)]
+    pub action: HostAction,
+}
+
+/// The dev-mode host: records actions instead of performing them.
+#[derive(Debug)]
+pub struct DevHost {
+    path: PathBuf,
+    actions: Mutex<Vec<RecordedAction>>,
+}
+
+impl DevHost {
+    /// A recorder appending to `<state_dir>/host-actions.jsonl`.
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join(DEV_ACTIONS_FILE),
+            actions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The actions recorded by this process, oldest first.
+    pub fn recorded(&self) -> Vec<RecordedAction> {
+        self.actions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl HostActions for DevHost {
+    fn perform(&self, action: HostAction) -> Result<(), HostError> {
+        let record = RecordedAction {
+            time: crate::timefmt::rfc3339(SystemTime::now()),
+            action,
+        };
+        let mut line = serde_json::to_vec(&record).map_err(|e| HostError::Failed {
+            action: record.action.name().to_string(),
+            message: e.to_string(),
+        })?;
+        line.push(b'\n');
+        let mut actions = self.actions.lock().unwrap_or_else(|e| e.into_inner());
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(&line).and_then(|()| f.sync_data()))
+            .map_err(|source| HostError::Record {
+                path: self.path.clone(),
+                source,
+            })?;
+        actions.push(record);
+        Ok(())
+    }
+
+    fn is_simulated(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_in_memory_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = DevHost::new(dir.path());
+        host.set_hostname("node-1").unwrap();
+        host.reboot().unwrap();
+        let kinds: Vec<_> = host.recorded().iter().map(|r| r.action.name()).collect();
+        assert_eq!(kinds, ["set_hostname", "reboot"]);
+        let text = std::fs::read_to_string(dir.path().join(DEV_ACTIONS_FILE)).unwrap();
+        let lines: Vec<RecordedAction> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines, host.recorded());
+        assert!(text.contains(r#""action":"reboot""#), "{text}");
+    }
+}

@@ -1,0 +1,40 @@
+//! The Basalt machine daemon as a library: everything `machined` is made of, so that the
+//! binary stays a thin argument parser and the parts can be tested on their own.
+//!
+//! Modules:
+//!
+//! - [`api`]: the gRPC API server (TLS, the authorization table, tokens, the audit guard,
+//!   handlers);
+//! - [`node`]: the operations the handlers call;
+//! - [`audit`]: the append-only audit log;
+//! - [`state`]: atomic configuration storage with history;
+//! - [`settings`]: the API settings read from a machine configuration;
+//! - [`host`]: what machined does to the host, and the recording dev implementation;
+//! - [`observe`]: statistics, processes, mounts and disks;
+//! - [`timefmt`]: RFC 3339 and protobuf timestamps.
+
+pub mod api;
+pub mod audit;
+pub mod host;
+pub mod node;
+pub mod observe;
+pub mod settings;
+pub mod state;
+pub mod timefmt;
+
+use std::io::Write;
+use std::path::Path;
+
+/// Prints a console message (stderr) and appends it to `<state>/machined.log`.
+pub fn console(state_dir: &Path, message: &str) {
+    eprintln!("machined: {message}");
+    let line = format!(
+        "{} {message}\n",
+        timefmt::rfc3339(std::time::SystemTime::now())
+    );
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir.join("machined.log"))
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+}
