@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod early_boot;
 pub mod host;
 pub mod node;
 pub mod observe;

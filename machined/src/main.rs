@@ -49,6 +49,21 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if machined::early_boot::is_node_init() {
+        // PID 1 on a node: early boot (a failure reboots), then the daemon with the node's
+        // arguments. PID 1 never exits: daemon_stopped reports and keeps reaping children.
+        let boot = machined::early_boot::boot_or_reboot();
+        let outcome = Args::try_parse_from(boot.daemon_args())
+            .map_err(anyhow::Error::from)
+            .and_then(|args| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(run(args))
+            })
+            .map_err(|e| error_chain(&e));
+        machined::early_boot::daemon_stopped(outcome);
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
