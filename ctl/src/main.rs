@@ -77,6 +77,12 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Power each node off (orderly: filesystems synced and made read-only first).
+    Shutdown {
+        /// Power off even when a service refuses to stop in time.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show CPU, memory, load, disk and network statistics of each node.
     Stats,
     /// Show the A/B boot state of each node.
@@ -265,6 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit: a.limit,
         },
         Command::Reboot { force } => Op::Reboot { force: *force },
+        Command::Shutdown { force } => Op::Shutdown { force: *force },
         Command::Stats => Op::Stats,
         Command::BootStatus => Op::BootStatus,
     };

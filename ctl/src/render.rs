@@ -67,6 +67,11 @@ pub enum Op {
         /// Force.
         force: bool,
     },
+    /// MachineService.Shutdown.
+    Shutdown {
+        /// Force.
+        force: bool,
+    },
     /// MachineService.Stats.
     Stats,
     /// MachineService.BootStatus.
@@ -243,6 +248,18 @@ impl Op {
                     .reboot(pb::RebootRequest { force })
                     .await
                     .map_err(|s| status_err("Reboot", s))?
+                    .into_inner();
+                Ok(Rendered {
+                    text: r.message.clone(),
+                    json: json!({"message": r.message}),
+                })
+            }
+            Op::Shutdown { force } => {
+                let r = c
+                    .machine
+                    .shutdown(pb::ShutdownRequest { force })
+                    .await
+                    .map_err(|s| status_err("Shutdown", s))?
                     .into_inner();
                 Ok(Rendered {
                     text: r.message.clone(),

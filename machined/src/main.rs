@@ -5,19 +5,27 @@
 //! services, serves the authenticated gRPC API and runs A/B upgrades. There is no shell on
 //! a node; everything an operator does goes through machined's API.
 //!
-//! Today only dev mode runs: `machined --dev --state-dir DIR --listen 127.0.0.1:PORT`
-//! serves the same API with the same security logic, unprivileged; host actions are
-//! recorded ([`host::DevHost`]) and the boot slots live in memory. Without a stored
-//! configuration it starts in maintenance mode and prints the SHA-256 fingerprint of its
-//! self-signed certificate on stderr (`machined: maintenance mode: … fingerprint …`);
-//! `--listen` may use port 0, the bound address is printed as
-//! `machined: API listening on ADDR`.
+//! On a node (PID 1, see [`machined::early_boot`]) the daemon then brings up the network
+//! ([`machined::network`]: DHCP or the stored NetworkConfig), opens the board's boot backend
+//! on BOOT ([`machined::node_boot`]), serves the API on port 50000 and commits a trial boot
+//! once healthy. Host actions are real ([`machined::linux_host`]).
+//!
+//! Dev mode, `machined --dev --state-dir DIR --listen 127.0.0.1:PORT`, serves the same API
+//! with the same security logic, unprivileged; host actions are recorded
+//! ([`host::DevHost`]) and the boot slots live in memory.
+//!
+//! Without a stored configuration the API starts in maintenance mode and prints the SHA-256
+//! fingerprint of its self-signed certificate (`machined: maintenance mode: … fingerprint
+//! …`); `--listen` may use port 0, the bound address is printed as `machined: API listening
+//! on ADDR`.
 
 use anyhow::{Context, bail};
+use basalt_bootloader::Bootloader;
 use basalt_bootloader::Slot;
 use basalt_bootloader::uboot_backend::UbootBootloader;
 use clap::Parser;
-use machined::{api, audit, console, host, node, settings, state};
+use machined::early_boot::EarlyBoot;
+use machined::{api, audit, console, host, linux_host, network, node, node_boot, settings, state};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,7 +67,7 @@ fn main() -> ExitCode {
                 tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?
-                    .block_on(run(args))
+                    .block_on(run(args, Some(boot)))
             })
             .map_err(|e| error_chain(&e));
         machined::early_boot::daemon_stopped(outcome);
@@ -75,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, None)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("machined: error: {}", error_chain(&e));
@@ -101,9 +109,9 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    if !args.dev {
-        bail!("node mode (PID 1) is not implemented yet; run with --dev --state-dir DIR");
+async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
+    if !args.dev && boot.is_none() {
+        bail!("machined runs as PID 1 on a node; elsewhere run it with --dev --state-dir DIR");
     }
     let state_dir = args.state_dir.clone();
     state::create_private_dir(&state_dir)?;
@@ -122,11 +130,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &format!("staged configuration promoted to version {version}"),
         );
     }
+    let mut network_config = None;
+    let mut hostname = None;
     let api = match config.current()? {
         Some(stored) => {
             let text = String::from_utf8_lossy(&stored.data);
+            match settings::network_config(&text) {
+                Ok(n) => network_config = n,
+                Err(e) => console(&state_dir, &format!("network configuration ignored: {e}")),
+            }
             match settings::ApiSettings::from_yaml(&text) {
-                Ok((settings, _)) => Some(api::ApiControl::secure(&settings)?),
+                Ok((settings, _)) => {
+                    hostname = settings.hostname.clone();
+                    Some(api::ApiControl::secure(&settings)?)
+                }
                 Err(e) => {
                     console(
                         &state_dir,
@@ -156,15 +173,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
             api::ApiControl::maintenance(&cert)?
         }
     };
+    let (host, boot_backend): (Arc<dyn host::HostActions>, _) = match &boot {
+        Some(early) => {
+            let host = linux_host::LinuxHost::new(
+                &early.system_dir,
+                vec![
+                    early.state_dir.clone(),
+                    early.data_dir.clone(),
+                    early.boot_mount.clone(),
+                ],
+            );
+            if let Some(name) = &hostname
+                && let Err(e) = host::HostActions::set_hostname(&host, name)
+            {
+                console(&state_dir, &format!("{e}"));
+            }
+            start_network(&state_dir, network_config.clone(), hostname.clone());
+            (Arc::new(host), node_boot_backend(&state_dir, early))
+        }
+        None => (
+            Arc::new(host::DevHost::new(&state_dir)) as Arc<dyn host::HostActions>,
+            (
+                Box::new(UbootBootloader::in_memory(Some(Slot::A))) as Box<dyn Bootloader + Send>,
+                "memory (dev mode)".to_string(),
+            ),
+        ),
+    };
     let node = Arc::new(node::Node::new(node::NodeParts {
-        dev: true,
+        dev: boot.is_none(),
         state_dir: state_dir.clone(),
         config,
-        host: Arc::new(host::DevHost::new(&state_dir)),
-        boot: (
-            Box::new(UbootBootloader::in_memory(Some(Slot::A))),
-            "memory (dev mode)".to_string(),
-        ),
+        host,
+        boot: boot_backend,
         audit,
         api: Arc::new(api),
     }));
@@ -178,9 +218,142 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "mutual TLS"
     };
     console(&state_dir, &format!("API listening on {addr} ({mode})"));
+    if let Some(early) = &boot {
+        tokio::spawn(commit_when_healthy(
+            node.clone(),
+            early.slot,
+            node_boot::HealthCheck {
+                api: addr,
+                // early boot read every block of the root through dm-verity
+                root_verified: true,
+                config_applied: true,
+            },
+        ));
+    }
     tokio::select! {
         r = api::serve(listener, node) => r.context("API server")?,
         _ = tokio::signal::ctrl_c() => console(&state_dir, "interrupted, stopping"),
     }
     Ok(())
+}
+
+/// Brings the network up in the background (DHCP can take seconds; the API listens on
+/// every address meanwhile).
+fn start_network(
+    state_dir: &std::path::Path,
+    config: Option<basalt_config::schema::NetworkConfig>,
+    hostname: Option<String>,
+) {
+    let dir = state_dir.to_path_buf();
+    tokio::spawn(async move {
+        let log_dir = dir.clone();
+        let log = move |m: &str| console(&log_dir, m);
+        let result = async {
+            let net = network::Network::connect()?;
+            net.apply(
+                config.as_ref(),
+                hostname,
+                std::path::Path::new("/etc/resolv.conf"),
+                log,
+            )
+            .await
+        }
+        .await;
+        match result {
+            Ok(links) => {
+                let up: Vec<String> = links
+                    .iter()
+                    .flat_map(|c| {
+                        c.addresses
+                            .iter()
+                            .map(move |(a, p)| format!("{} {a}/{p}", c.link))
+                    })
+                    .collect();
+                console(&dir, &format!("network up: {}", up.join(", ")));
+            }
+            Err(e) => console(&dir, &format!("network: {e}")),
+        }
+    });
+}
+
+/// The board's boot backend on BOOT; if it cannot be opened the node still serves its API
+/// (for diagnosis) with an in-memory backend, and says so.
+fn node_boot_backend(
+    state_dir: &std::path::Path,
+    early: &EarlyBoot,
+) -> (Box<dyn Bootloader + Send>, String) {
+    let opened = node_boot::slot_board(&early.slot_mount)
+        .and_then(|board| node_boot::open_bootloader(&board, &early.boot_mount, early.slot));
+    match opened {
+        Ok((backend, name)) => {
+            console(state_dir, &format!("boot backend: {name}"));
+            (backend, name)
+        }
+        Err(e) => {
+            console(state_dir, &format!("{e}; A/B state is not available"));
+            (
+                Box::new(UbootBootloader::in_memory(Some(early.slot))),
+                format!("unavailable ({e})"),
+            )
+        }
+    }
+}
+
+/// Commits the booted slot once the health checks pass; reboots when a trial boot does not
+/// become healthy within [`node_boot::TRIAL_DEADLINE`] (see [`machined::node_boot`]).
+async fn commit_when_healthy(node: Arc<node::Node>, booted: Slot, check: node_boot::HealthCheck) {
+    let dir = node.state_dir.clone();
+    let status = node.boot.lock().map(|b| b.status()).map_err(|_| ());
+    match status {
+        Ok(Ok(s)) if s.committed => {
+            console(&dir, &format!("slot {booted} is committed"));
+            return;
+        }
+        Ok(Ok(_)) => console(
+            &dir,
+            &format!("slot {booted} is on trial: running health checks"),
+        ),
+        Ok(Err(e)) => {
+            console(&dir, &format!("boot status: {e}; not committing"));
+            return;
+        }
+        Err(_) => return,
+    }
+    let started = std::time::Instant::now();
+    let mut last = Vec::new();
+    loop {
+        let failing = check.failing().await;
+        if failing.is_empty() {
+            let result = node
+                .boot
+                .lock()
+                .map(|mut b| b.mark_good(booted))
+                .map_err(|_| ());
+            match result {
+                Ok(Ok(())) => console(
+                    &dir,
+                    &format!("health checks passed: slot {booted} committed"),
+                ),
+                Ok(Err(e)) => console(&dir, &format!("committing slot {booted}: {e}")),
+                Err(_) => {}
+            }
+            return;
+        }
+        if failing != last {
+            console(&dir, &format!("health: waiting for {}", failing.join("; ")));
+            last = failing;
+        }
+        if started.elapsed() > node_boot::TRIAL_DEADLINE {
+            console(
+                &dir,
+                &format!(
+                    "slot {booted} not healthy after {} s: rebooting so the bootloader counts the attempt",
+                    node_boot::TRIAL_DEADLINE.as_secs()
+                ),
+            );
+            let _ = node.host.reboot();
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

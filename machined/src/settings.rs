@@ -265,6 +265,29 @@ pub fn redact_private_keys(text: &str) -> String {
     out
 }
 
+/// The `NetworkConfig` document of a configuration, if it has one, decoded strictly with
+/// `basalt-config`'s schema (`apiVersion` and `kind` aside).
+pub fn network_config(
+    text: &str,
+) -> Result<Option<basalt_config::schema::NetworkConfig>, SettingsError> {
+    for de in yaml_serde::Deserializer::from_str(text) {
+        let mut value =
+            yaml_serde::Value::deserialize(de).map_err(|e| SettingsError::Yaml(e.to_string()))?;
+        let Some(map) = value.as_mapping_mut() else {
+            continue;
+        };
+        if map.get("kind").and_then(|k| k.as_str()) != Some("NetworkConfig") {
+            continue;
+        }
+        map.remove("kind");
+        map.remove("apiVersion");
+        return yaml_serde::from_value(value)
+            .map(Some)
+            .map_err(|e| SettingsError::Yaml(format!("NetworkConfig: {e}")));
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +310,18 @@ mod tests {
         let text = "a: 1\nkey: |\n  -----BEGIN PRIVATE KEY-----\n  abc\n  -----END PRIVATE KEY-----\nb: 2\n";
         let red = redact_private_keys(text);
         assert_eq!(red, "a: 1\nkey: |\n  <redacted private key>\nb: 2\n");
+    }
+
+    #[test]
+    fn network_document() {
+        let text = "kind: MachineConfig\nmachine: {id: n}\n---\napiVersion: basalt.dev/v1alpha1\nkind: NetworkConfig\ninterfaces:\n  - name: eth0\n    dhcp: true\nnameservers: [9.9.9.9]\n";
+        let net = network_config(text).unwrap().unwrap();
+        assert_eq!(net.interfaces[0].name, "eth0");
+        assert_eq!(net.nameservers, ["9.9.9.9"]);
+        assert!(network_config("kind: MachineConfig\n").unwrap().is_none());
+        let e = network_config("kind: NetworkConfig\nbogus: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
     }
 }

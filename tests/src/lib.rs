@@ -1,6 +1,338 @@
 //! Integration tests of Basalt OS.
 //!
-//! Tests under `tests/tests/` boot images built by `basalt-image` under QEMU (TCG), start
-//! several `machined` processes on loopback, and inject faults into links. This library
-//! holds the shared harness: process guards that kill QEMU and servers on drop, port
-//! allocation, and paths to the workspace's built binaries.
+//! Tests under `tests/tests/` boot images built by `basalt-image` under QEMU (TCG) and talk
+//! to the node's API with `basaltctl` through QEMU's user-network port forwarding. This
+//! library holds the shared harness:
+//!
+//! - [`node_machined`]: the static machined for a node (`scripts/build-node`), once per run;
+//! - [`build_image`]: a board's disk image around it, into the test's temp folder;
+//! - [`Qemu`]: a booted machine whose console is captured (and saved to a log file), killed
+//!   when dropped — also when an assertion fails;
+//! - [`basaltctl`]: the CLI built by the same `cargo test --workspace` run;
+//! - [`free_port`]: a free TCP port on 127.0.0.1 for a host forward.
+
+use basalt_boards::Board;
+use basalt_image::compose::{BuildOutput, BuildRequest, build};
+use basalt_image::inputs::{DebCache, KernelSource};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Debian's U-Boot for QEMU's arm64 `virt` machine.
+pub const UBOOT_QEMU_ARM64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+
+/// The workspace root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Panics with a clear message unless QEMU for aarch64 and Debian's U-Boot are installed.
+pub fn require_qemu_arm64() {
+    let ok = Command::new("qemu-system-aarch64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "qemu-system-aarch64 is not installed: run scripts/setup-host"
+    );
+    assert!(
+        Path::new(UBOOT_QEMU_ARM64).exists(),
+        "{UBOOT_QEMU_ARM64} is missing (package u-boot-qemu): run scripts/setup-host"
+    );
+}
+
+/// The static aarch64 machined, built by `scripts/build-node aarch64` (once per process;
+/// incremental after the first build).
+pub fn node_machined() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = repo();
+            let start = Instant::now();
+            let out = Command::new("bash")
+                .arg(root.join("scripts/build-node"))
+                .arg("aarch64")
+                .current_dir(&root)
+                .output()
+                .expect("bash runs scripts/build-node");
+            assert!(
+                out.status.success(),
+                "scripts/build-node aarch64 failed (run scripts/setup-host for the cross toolchain):\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            eprintln!(
+                "scripts/build-node aarch64: {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
+            root.join("target/node/aarch64/machined")
+        })
+        .clone()
+}
+
+/// A built image and the folder it lives in.
+pub struct Fixture {
+    /// The folder (console logs go here too).
+    pub dir: PathBuf,
+    /// What basalt-image produced.
+    pub output: BuildOutput,
+}
+
+/// Builds `board` at `version` into `dir` (replacing a previous run's; tests pass a folder
+/// under `CARGO_TARGET_TMPDIR`), with `machined` as the node's init. `signing_key` signs the
+/// update bundle.
+pub fn build_image(
+    dir: &Path,
+    board: Board,
+    version: &str,
+    machined: &Path,
+    signing_key: Option<PathBuf>,
+) -> Fixture {
+    let dir = dir.to_path_buf();
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).expect("remove the previous run's images");
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = DebCache::from_repo(&repo()).expect("inputs.lock: run scripts/setup-host");
+    let start = Instant::now();
+    let board_name = board.name.clone();
+    let output = build(&BuildRequest {
+        board,
+        version: version.into(),
+        out: dir.join("image"),
+        machined: machined.to_path_buf(),
+        kernel: KernelSource::Package,
+        cache,
+        epoch: 1_700_000_000,
+        signing_key,
+    })
+    .unwrap_or_else(|e| panic!("building the {board_name} image: {e} (run scripts/setup-host)"));
+    eprintln!(
+        "{}: {board_name} {version} built in {:.0} s",
+        dir.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Fixture { dir, output }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local address").port()
+}
+
+/// How a wait ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// The condition held after this long.
+    Condition(Duration),
+    /// QEMU exited first.
+    Exited(std::process::ExitStatus, Duration),
+}
+
+/// A QEMU machine, killed when dropped.
+pub struct Qemu {
+    child: Child,
+    console: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Qemu {
+    /// Boots `disk` as the qemu-arm64 board boots: Debian's U-Boot from `-bios`, the disk
+    /// on virtio-mmio; with `api_port`, a virtio network on QEMU's user network (DHCP)
+    /// with 127.0.0.1:`api_port` forwarded to the node's API port 50000. The console goes
+    /// to `log` as well.
+    pub fn boot_arm64(disk: &Path, log: &Path, api_port: Option<u16>) -> Qemu {
+        let mut cmd = Command::new("qemu-system-aarch64");
+        cmd.args([
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a72",
+            "-m",
+            "1024",
+            "-smp",
+            "1",
+        ])
+        .args([
+            "-nographic",
+            "-accel",
+            "tcg",
+            "-no-reboot",
+            "-bios",
+            UBOOT_QEMU_ARM64,
+        ])
+        .arg("-drive")
+        .arg(format!("if=none,file={},format=raw,id=d", disk.display()))
+        .args(["-device", "virtio-blk-device,drive=d"]);
+        match api_port {
+            Some(port) => {
+                cmd.arg("-netdev")
+                    .arg(format!("user,id=n,hostfwd=tcp:127.0.0.1:{port}-:50000"))
+                    .args(["-device", "virtio-net-device,netdev=n"]);
+            }
+            None => {
+                cmd.args(["-nic", "none"]);
+            }
+        }
+        Self::spawn(cmd, log)
+    }
+
+    fn spawn(mut cmd: Command, log: &Path) -> Qemu {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("QEMU starts");
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let console = Arc::new(Mutex::new(String::new()));
+        let shared = console.clone();
+        let mut log = File::create(log).expect("console log file");
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let _ = log.write_all(&buf[..n]);
+                        shared
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            }
+        });
+        Qemu {
+            child,
+            console,
+            reader: Some(reader),
+        }
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        self.console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether QEMU is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("waiting for QEMU").is_none()
+    }
+
+    /// Waits until `done(console)` holds or QEMU exits; `None` on timeout.
+    pub fn wait(&mut self, timeout: Duration, done: impl Fn(&str) -> bool) -> Option<Ending> {
+        let start = Instant::now();
+        loop {
+            if done(&self.console()) {
+                return Some(Ending::Condition(start.elapsed()));
+            }
+            if let Some(status) = self.child.try_wait().expect("waiting for QEMU") {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return Some(Ending::Exited(status, start.elapsed()));
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for `needle` on the console; panics with the console on timeout or exit.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Duration {
+        match self.wait(timeout, |c| c.contains(needle)) {
+            Some(Ending::Condition(took)) => took,
+            other => panic!(
+                "{needle:?} not on the console ({other:?} after {timeout:?}):\n{}",
+                self.console()
+            ),
+        }
+    }
+
+    /// Waits for QEMU to exit (e.g. after a power-off); panics on timeout.
+    pub fn expect_exit(&mut self, timeout: Duration) {
+        match self.wait(timeout, |_| false) {
+            Some(Ending::Exited(..)) => {}
+            other => panic!(
+                "QEMU did not exit within {timeout:?} ({other:?}):\n{}",
+                self.console()
+            ),
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// Byte offset of `needle` in `haystack` at or after `from`.
+pub fn find_from(haystack: &str, needle: &str, from: usize) -> Option<usize> {
+    haystack[from..].find(needle).map(|i| from + i)
+}
+
+/// The `basaltctl` binary of this workspace's debug build (built by `cargo test
+/// --workspace`, which builds every package's binaries for its integration tests).
+pub fn basaltctl() -> PathBuf {
+    let bin = repo().join("target/debug/basaltctl");
+    let bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| PathBuf::from(d).join("debug/basaltctl"))
+        .filter(|p| p.exists())
+        .unwrap_or(bin);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p basaltctl` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs basaltctl with `args` (and the client configuration `config`, if any), one
+/// connection attempt with a 10 s timeout.
+pub fn ctl(config: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(basaltctl());
+    cmd.args(["--retries", "1", "--connect-timeout", "10"])
+        .args(args)
+        .env_remove("BASALT_TOKEN");
+    match config {
+        Some(c) => cmd.env("BASALTCONFIG", c),
+        None => cmd.env_remove("BASALTCONFIG"),
+    };
+    cmd.output().expect("basaltctl runs")
+}
+
+/// Exit status, stdout and stderr of `o`, for messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The stdout of `o`, which must have succeeded.
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -26,17 +26,16 @@
 
 use basalt_boards::Board;
 use basalt_bootloader::partition_table::PartitionTable;
-use basalt_image::compose::{BuildOutput, BuildRequest, build};
-use basalt_image::inputs::{DebCache, KernelSource};
+use basalt_tests::{
+    Ending, Fixture, Qemu, build_image, find_from, node_machined, require_qemu_arm64,
+};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 const VERSION: &str = "0.9.1-early-boot";
-const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 /// Hard limit for one boot (U-Boot, kernel, early boot; or the panic and its 10 s delay).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
@@ -55,227 +54,43 @@ const STAGES: [&str; 11] = [
     "boot",
 ];
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-fn require_tools() {
-    let ok = Command::new("qemu-system-aarch64")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "qemu-system-aarch64 is not installed: run scripts/setup-host"
-    );
-    assert!(
-        Path::new(UBOOT).exists(),
-        "{UBOOT} is missing (package u-boot-qemu): run scripts/setup-host"
-    );
-}
-
-/// The static aarch64 machined, built by `scripts/build-node aarch64` (once per run).
-fn node_machined() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let root = repo();
-            let start = Instant::now();
-            let out = Command::new("bash")
-                .arg(root.join("scripts/build-node"))
-                .arg("aarch64")
-                .current_dir(&root)
-                .output()
-                .expect("bash runs scripts/build-node");
-            assert!(
-                out.status.success(),
-                "scripts/build-node aarch64 failed (run scripts/setup-host for the cross toolchain):\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            eprintln!(
-                "scripts/build-node aarch64: {:.0} s",
-                start.elapsed().as_secs_f64()
-            );
-            root.join("target/node/aarch64/machined")
-        })
-        .clone()
-}
-
-struct Fixture {
-    dir: PathBuf,
-    output: BuildOutput,
-}
-
 /// The qemu-arm64 image around the node machined, built once per run.
 fn image() -> &'static Fixture {
     static IMAGE: OnceLock<Fixture> = OnceLock::new();
-    IMAGE.get_or_init(|| build_image("default", &[]))
+    IMAGE.get_or_init(|| image_with_modules("default", &[]))
 }
 
 /// The same board with the loop driver among the early modules.
 fn image_with_loop() -> &'static Fixture {
     static IMAGE: OnceLock<Fixture> = OnceLock::new();
-    IMAGE.get_or_init(|| build_image("loop", &["loop"]))
+    IMAGE.get_or_init(|| image_with_modules("loop", &["loop"]))
 }
 
-/// Builds the qemu-arm64 image, with `extra_modules` appended to the board's early
-/// modules, into `$CARGO_TARGET_TMPDIR/qemu-early-boot/<name>` (replacing a previous run's).
-fn build_image(name: &str, extra_modules: &[&str]) -> Fixture {
-    require_tools();
-    let machined = node_machined();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("qemu-early-boot")
-        .join(name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).expect("remove the previous run's images");
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    let cache = DebCache::from_repo(&repo()).expect("inputs.lock: run scripts/setup-host");
+/// The qemu-arm64 image with `extra_modules` appended to the board's early modules, in
+/// `$CARGO_TARGET_TMPDIR/qemu-early-boot/<name>`.
+fn image_with_modules(name: &str, extra_modules: &[&str]) -> Fixture {
+    require_qemu_arm64();
     let mut board = Board::load("qemu-arm64").expect("the qemu-arm64 board");
     board
         .kernel
         .early_modules
         .extend(extra_modules.iter().map(|m| m.to_string()));
-    let start = Instant::now();
-    let output = build(&BuildRequest {
-        board,
-        version: VERSION.into(),
-        out: dir.join("image"),
-        machined,
-        kernel: KernelSource::Package,
-        cache,
-        epoch: 1_700_000_000,
-        signing_key: None,
-    })
-    .unwrap_or_else(|e| panic!("building the qemu-arm64 image: {e} (run scripts/setup-host)"));
-    eprintln!(
-        "{name} image built in {:.0} s",
-        start.elapsed().as_secs_f64()
-    );
-    Fixture { dir, output }
-}
-
-/// QEMU, killed when dropped.
-struct Qemu {
-    child: Child,
-    console: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Qemu {
-    /// Boots `disk` the way the board boots: U-Boot from `-bios`, the disk on virtio-mmio.
-    fn boot(disk: &Path, log: &Path) -> Qemu {
-        let mut child = Command::new("qemu-system-aarch64")
-            .args([
-                "-M",
-                "virt",
-                "-cpu",
-                "cortex-a72",
-                "-m",
-                "1024",
-                "-smp",
-                "1",
-            ])
-            .args(["-nographic", "-accel", "tcg", "-no-reboot", "-bios", UBOOT])
-            .arg("-drive")
-            .arg(format!("if=none,file={},format=raw,id=d", disk.display()))
-            .args(["-device", "virtio-blk-device,drive=d", "-nic", "none"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qemu-system-aarch64 starts");
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let console = Arc::new(Mutex::new(String::new()));
-        let shared = console.clone();
-        let mut log = File::create(log).expect("console log file");
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        let _ = log.write_all(&buf[..n]);
-                        shared
-                            .lock()
-                            .unwrap()
-                            .push_str(&String::from_utf8_lossy(&buf[..n]));
-                    }
-                }
-            }
-        });
-        Qemu {
-            child,
-            console,
-            reader: Some(reader),
-        }
-    }
-
-    fn console(&self) -> String {
-        self.console.lock().unwrap().clone()
-    }
-
-    /// Waits until `done(console)` holds or QEMU exits; `None` on timeout.
-    fn wait(&mut self, timeout: Duration, done: impl Fn(&str) -> bool) -> Option<Ending> {
-        let start = Instant::now();
-        loop {
-            if done(&self.console()) {
-                return Some(Ending::Condition(start.elapsed()));
-            }
-            if let Some(status) = self.child.try_wait().expect("waiting for QEMU") {
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
-                return Some(Ending::Exited(status, start.elapsed()));
-            }
-            if start.elapsed() > timeout {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Ending {
-    Condition(Duration),
-    Exited(std::process::ExitStatus, Duration),
-}
-
-/// Byte offset of `needle` in `haystack` at or after `from`.
-fn find_from(haystack: &str, needle: &str, from: usize) -> Option<usize> {
-    haystack[from..].find(needle).map(|i| from + i)
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("qemu-early-boot")
+        .join(name);
+    build_image(&dir, board, VERSION, &node_machined(), None)
 }
 
 fn stage_line(name: &str) -> String {
     format!("[basalt] stage: {name} (")
 }
 
-const DAEMON_LINES: [&str; 2] = [
-    "[basalt] machined API not available in this build",
-    "API listening on",
-];
+const DAEMON_LINES: [&str; 1] = ["API listening on"];
 
 /// Boots `fx`'s disk and checks the whole early boot: the stages in order, the summary,
 /// the hand-over to the daemon, and PID 1 staying up. Returns the console.
 fn assert_boots(fx: &Fixture, log: &str) -> String {
-    let mut qemu = Qemu::boot(&fx.output.disk_image, &fx.dir.join(log));
+    let mut qemu = Qemu::boot_arm64(&fx.output.disk_image, &fx.dir.join(log), None);
     let ending = qemu.wait(BOOT_TIMEOUT, |c| {
         DAEMON_LINES.iter().any(|l| c.contains(l)) || c.contains("FATAL")
     });
@@ -286,7 +101,7 @@ fn assert_boots(fx: &Fixture, log: &str) -> String {
     // PID 1 must stay up after the hand-over: no "Attempted to kill init", no reset.
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        qemu.child.try_wait().unwrap().is_none(),
+        qemu.is_running(),
         "QEMU exited after the hand-over:\n{}",
         qemu.console()
     );
@@ -468,7 +283,7 @@ fn corrupted_root_resets_the_board() {
     let disk = fx.dir.join("corrupt-disk.img");
     sparse_copy(&fx.output.disk_image, &disk);
     let at = corrupt_rootfs(&disk);
-    let mut qemu = Qemu::boot(&disk, &fx.dir.join("corrupt.console.log"));
+    let mut qemu = Qemu::boot_arm64(&disk, &fx.dir.join("corrupt.console.log"), None);
     let ending = qemu.wait(BOOT_TIMEOUT, |_| false);
     let console = qemu.console();
     let Some(Ending::Exited(status, took)) = ending else {

@@ -319,6 +319,11 @@ fn compose(req: &BuildRequest, work: &Path, out: &Path) -> Result<BuildOutput, C
             "basalt/version".to_string(),
             FatContent::Bytes(format!("{}\n", req.version).into_bytes()),
         ),
+        // machined opens the board's boot backend from this name (the A/B state's place)
+        (
+            "basalt/board".to_string(),
+            FatContent::Bytes(format!("{}\n", board.name).into_bytes()),
+        ),
     ];
     for (name, file) in &inputs.kernel.dtbs {
         slot_files.push((format!("dtbs/{name}"), FatContent::File(file.clone())));

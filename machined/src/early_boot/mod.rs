@@ -556,19 +556,17 @@ pub fn fatal_reboot(console: &Console, error: &str) -> ! {
     reap_forever()
 }
 
-/// For the daemon's return as PID 1: reports why it stopped and stays alive reaping
-/// children (PID 1 must never exit).
+/// For the daemon's return as PID 1: reports why it stopped and reboots (PID 1 must never
+/// exit, and a node without its API is unmanageable).
 pub fn daemon_stopped(outcome: Result<(), String>) -> ! {
     let console = Console::stdout(Instant::now());
     match outcome {
         Ok(()) => console.info("machined API stopped"),
-        Err(e) => {
-            console.info("machined API not available in this build");
-            console.info(&format!("daemon: {e}"));
-        }
+        Err(e) => console.fatal(&format!("machined daemon: {e}")),
     }
-    console.info("PID 1 stays up without the API, reaping orphaned processes");
-    reap_forever()
+    // A node without its API cannot be managed: reboot, so that a trial slot is counted
+    // by the bootloader and falls back, and a committed one gets a fresh start.
+    fatal_reboot(&console, "the machined daemon stopped")
 }
 
 /// Reaps children forever (orphans are re-parented to PID 1).
