@@ -246,6 +246,7 @@ pub fn run(
                     sync_every: opts.sync_every,
                     grow_data: opts.grow_data,
                     config: config.clone(),
+                    hash: opts.verify,
                 },
             )),
             Err(e) => results.push(DeviceResult {

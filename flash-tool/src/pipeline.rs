@@ -309,6 +309,13 @@ pub fn run_reader(
             off
         }
     };
+    if let (Some(label), None) = (r.plan.exclude_label, &r.exclude) {
+        return Err(ReadError::NoState {
+            name: r.plan.source.name.clone(),
+            label: label.to_string(),
+            reason: "the image's first block is not mapped".into(),
+        });
+    }
     send_all(r.sinks, Msg::End { size })?;
     Ok(size)
 }
