@@ -129,7 +129,9 @@ impl BlockMap {
             path: path.to_path_buf(),
             reason,
         };
-        let root = text.find("<bmap").ok_or_else(|| bad("no <bmap> element".into()))?;
+        let root = text
+            .find("<bmap")
+            .ok_or_else(|| bad("no <bmap> element".into()))?;
         let open = &text[root..root + text[root..].find('>').unwrap_or(0)];
         let version = attr(open, "version").ok_or_else(|| bad("no bmap version".into()))?;
         let kind = element(text, "ChecksumType");
@@ -179,7 +181,10 @@ impl BlockMap {
         let mut rest = 0;
         while let Some(i) = text[rest..].find("<Range") {
             let at = rest + i;
-            let open_end = at + text[at..].find('>').ok_or_else(|| bad("unterminated <Range".into()))?;
+            let open_end = at
+                + text[at..]
+                    .find('>')
+                    .ok_or_else(|| bad("unterminated <Range".into()))?;
             let close = open_end
                 + text[open_end..]
                     .find("</Range>")
@@ -196,7 +201,9 @@ impl BlockMap {
             };
             let start = first * block_size;
             if first > last || last >= blocks || ranges.last().is_some_and(|r| r.end > start) {
-                return Err(bad(format!("range {first}-{last} is out of order or past block {blocks}")));
+                return Err(bad(format!(
+                    "range {first}-{last} is out of order or past block {blocks}"
+                )));
             }
             let checksum = match attr(&text[at..open_end], attr_name) {
                 Some(h) => {
@@ -289,7 +296,10 @@ mod tests {
         let text = V13
             .replace("1.3", "1.4")
             .replace("sha1=", "chksum=")
-            .replace("<BlockMap>", "<ChecksumType> sha1 </ChecksumType>\n<BlockMap>");
+            .replace(
+                "<BlockMap>",
+                "<ChecksumType> sha1 </ChecksumType>\n<BlockMap>",
+            );
         let m = BlockMap::parse(&text, Path::new("t.bmap")).unwrap();
         assert!(matches!(m.ranges[0].checksum, Some(RangeChecksum::Sha1(_))));
     }

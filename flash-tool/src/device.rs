@@ -86,7 +86,9 @@ impl Default for Sysfs {
 }
 
 fn read_trim(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// `major:minor` of a device number.
@@ -298,7 +300,12 @@ pub struct SafetyContext {
 
 impl SafetyContext {
     /// The context for a source file (its disks) on this system.
-    pub fn new(sys: &Sysfs, source: Option<&Path>, needed: Option<u64>, forced: &[PathBuf]) -> Self {
+    pub fn new(
+        sys: &Sysfs,
+        source: Option<&Path>,
+        needed: Option<u64>,
+        forced: &[PathBuf],
+    ) -> Self {
         let source_file = source.and_then(|p| std::fs::canonicalize(p).ok());
         let source_disks = source
             .and_then(|p| std::fs::metadata(p).ok())
@@ -334,19 +341,29 @@ pub fn check(dev: &DeviceInfo, given: &Path, ctx: &SafetyContext) -> Result<(), 
     if let (Some(b), Some(s)) = (&dev.backing_file, &ctx.source_file)
         && b == s
     {
-        return refuse(format!("it is a loop device backed by the source image {}", s.display()));
+        return refuse(format!(
+            "it is a loop device backed by the source image {}",
+            s.display()
+        ));
     }
     let canonical = std::fs::canonicalize(given).unwrap_or_else(|_| given.to_path_buf());
     let forced = ctx.forced.iter().any(|f| *f == canonical || *f == dev.path);
     let why_system = if ctx.system_disks.contains(&dev.name) {
         Some("it holds the running system (/ or /boot)".to_string())
     } else if !dev.mounts.is_empty() {
-        Some(format!("it has mounted partitions: {}", dev.mounts.join(", ")))
+        Some(format!(
+            "it has mounted partitions: {}",
+            dev.mounts.join(", ")
+        ))
     } else if !dev.is_candidate() {
         Some(format!(
             "it is not removable (transport {}{})",
             dev.transport,
-            if dev.model.is_empty() { String::new() } else { format!(", {}", dev.model) }
+            if dev.model.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", dev.model)
+            }
         ))
     } else {
         None
@@ -394,10 +411,16 @@ mod tests {
         w("devices/pci/ata1/block/sda/removable", "0\n");
         w("devices/pci/ata1/block/sda/sda2/dev", "8:2\n");
         w("devices/pci/ata1/block/sda/sda2/partition", "2\n");
-        w("proc/self/mountinfo", "20 1 8:2 / / rw - ext4 /dev/sda2 rw\n");
+        w(
+            "proc/self/mountinfo",
+            "20 1 8:2 / / rw - ext4 /dev/sda2 rw\n",
+        );
         std::fs::create_dir_all(r.join("sys/block")).unwrap();
         std::fs::create_dir_all(r.join("sys/dev/block")).unwrap();
-        for (name, dir) in [("sdb", "devices/usb1/block/sdb"), ("sda", "devices/pci/ata1/block/sda")] {
+        for (name, dir) in [
+            ("sdb", "devices/usb1/block/sdb"),
+            ("sda", "devices/pci/ata1/block/sda"),
+        ] {
             std::os::unix::fs::symlink(r.join(dir), r.join("sys/block").join(name)).unwrap();
         }
         for (num, dir) in [

@@ -137,12 +137,17 @@ pub fn build_state(
     if let Some(u) = uuid {
         cmd.args(["-U", u]);
     }
-    let out = cmd
-        .arg(&image)
-        .output()
-        .map_err(|e| fail(&image, format!("cannot run mke2fs (install e2fsprogs): {e}")))?;
+    let out = cmd.arg(&image).output().map_err(|e| {
+        fail(
+            &image,
+            format!("cannot run mke2fs (install e2fsprogs): {e}"),
+        )
+    })?;
     if !out.status.success() {
-        return Err(fail(&image, String::from_utf8_lossy(&out.stderr).into_owned()));
+        return Err(fail(
+            &image,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
     Ok(image)
 }
@@ -155,7 +160,11 @@ mod tests {
     fn invalid_config_is_refused_with_details() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.yaml");
-        std::fs::write(&p, "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nbogus: 1\n").unwrap();
+        std::fs::write(
+            &p,
+            "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nbogus: 1\n",
+        )
+        .unwrap();
         let e = load(&p).unwrap_err();
         assert!(e.to_string().contains("bad.yaml"), "{e}");
     }
@@ -164,16 +173,30 @@ mod tests {
     fn state_image_holds_the_config() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("node.yaml");
-        std::fs::write(&p, "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: edge-1\n").unwrap();
+        std::fs::write(
+            &p,
+            "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: edge-1\n",
+        )
+        .unwrap();
         let c = load(&p).unwrap();
-        let img = build_state(&c, 16 << 20, Some("0b3c1f6e-9a55-4c8e-8d1e-3c1c2f1f0a01"), dir.path()).unwrap();
+        let img = build_state(
+            &c,
+            16 << 20,
+            Some("0b3c1f6e-9a55-4c8e-8d1e-3c1c2f1f0a01"),
+            dir.path(),
+        )
+        .unwrap();
         let out = Command::new("debugfs")
             .args(["-R", "cat /config/history/000001.yaml"])
             .arg(&img)
             .output()
             .unwrap();
         assert_eq!(out.stdout, c.yaml);
-        let out = Command::new("debugfs").args(["-R", "stat /config/current.yaml"]).arg(&img).output().unwrap();
+        let out = Command::new("debugfs")
+            .args(["-R", "stat /config/current.yaml"])
+            .arg(&img)
+            .output()
+            .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("Mode:  0600"));
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
+use crate::ExitCode;
 use crate::blockdev::{DeviceFile, Target};
 use crate::bmap::{BlockMap, BmapError};
 use crate::device::{DeviceError, DeviceInfo, SafetyContext, Sysfs, check};
@@ -18,7 +19,6 @@ use crate::progress::{Phase, Reporter};
 use crate::source::{Compression, SourceError, SourceSpec};
 use crate::verify::VerifyError;
 use crate::writer::{WriteError, WriteOptions, WriteReport, write_device};
-use crate::ExitCode;
 
 /// A failure that stops the whole run before anything is written.
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +136,15 @@ pub struct Prepared {
 
 /// Validates the config, loads the bmap and applies the safety rules.
 pub fn prepare(opts: &FlashOptions, sys: &Sysfs) -> Result<Prepared, PlanError> {
-    let config = opts.config.as_deref().map(crate::firstboot::load).transpose()?;
+    let config = opts
+        .config
+        .as_deref()
+        .map(crate::firstboot::load)
+        .transpose()?;
     if opts.partition.is_some() && opts.devices.len() != 1 {
-        return Err(PlanError::Usage("--partition writes exactly one device".into()));
+        return Err(PlanError::Usage(
+            "--partition writes exactly one device".into(),
+        ));
     }
     if opts.partition.is_some() && (config.is_some() || opts.grow_data) {
         return Err(PlanError::Usage(
@@ -185,8 +191,17 @@ pub fn prepare(opts: &FlashOptions, sys: &Sysfs) -> Result<Prepared, PlanError> 
             },
             Err(e) => return Err(e.into()),
         };
-        let needed = if opts.partition.is_some() { None } else { image_size };
-        let ctx = SafetyContext::new(sys, opts.source.local_path(), needed, &opts.force_system_disk);
+        let needed = if opts.partition.is_some() {
+            None
+        } else {
+            image_size
+        };
+        let ctx = SafetyContext::new(
+            sys,
+            opts.source.local_path(),
+            needed,
+            &opts.force_system_disk,
+        );
         check(&info, d, &ctx)?;
         devices.push(info);
     }
@@ -295,7 +310,8 @@ pub fn run(
                     Err(e) => Err(DeviceFailure::from(e)),
                     Ok(report) if verify => {
                         let t1 = Instant::now();
-                        let r = crate::verify::verify(&mut target, &report.written, reporter, &label);
+                        let r =
+                            crate::verify::verify(&mut target, &report.written, reporter, &label);
                         verify_secs = t1.elapsed().as_secs_f64();
                         target.release();
                         r.map(|n| (report, n)).map_err(DeviceFailure::from)

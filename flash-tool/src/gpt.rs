@@ -145,7 +145,10 @@ mod tests {
     fn relocated_table_is_valid_for_sfdisk() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("img");
-        std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
         let out = Command::new("sfdisk")
             .arg("-q")
             .arg(&img)

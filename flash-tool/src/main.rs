@@ -172,7 +172,10 @@ fn list(all: bool, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&devs)?);
         return Ok(ExitCode::Success);
     }
-    println!("{:<14} {:>10} {:<7} {:<4} {:<26} MOUNTED", "DEVICE", "SIZE", "TRAN", "RM", "MODEL");
+    println!(
+        "{:<14} {:>10} {:<7} {:<4} {:<26} MOUNTED",
+        "DEVICE", "SIZE", "TRAN", "RM", "MODEL"
+    );
     for d in devs {
         let mut mounts = d.mounts.join(",");
         if system.contains(&d.name) {
@@ -197,7 +200,9 @@ fn flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::Usage);
     };
     if a.devices.is_empty() {
-        eprintln!("basalt-flash: missing DEVICE (see --help; `basalt-flash list` shows candidates)");
+        eprintln!(
+            "basalt-flash: missing DEVICE (see --help; `basalt-flash list` shows candidates)"
+        );
         return Ok(ExitCode::Usage);
     }
     let opts = FlashOptions {
@@ -229,8 +234,19 @@ fn flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
             let p = &prepared.plan;
             println!("dry run: nothing will be written");
             println!("source:  {} ({:?})", p.source, p.compression);
-            println!("bmap:    {}", p.bmap.as_ref().map_or("none (every byte is written)".into(), |b| b.display().to_string()));
-            println!("image:   {} bytes, {} to write", opt(p.image_size), opt(p.mapped_bytes));
+            println!(
+                "bmap:    {}",
+                p.bmap
+                    .as_ref()
+                    .map_or("none (every byte is written)".into(), |b| b
+                        .display()
+                        .to_string())
+            );
+            println!(
+                "image:   {} bytes, {} to write",
+                opt(p.image_size),
+                opt(p.mapped_bytes)
+            );
             if let Some(l) = &p.partition {
                 println!("target:  partition {l}");
             }
@@ -239,7 +255,13 @@ fn flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
             }
             println!("grow:    {}\nverify:  {}", p.grow_data, p.verify);
             for d in &p.devices {
-                println!("device:  {} {} bytes, {} {}, passes the safety rules", d.path.display(), d.size, d.transport, d.model);
+                println!(
+                    "device:  {} {} bytes, {} {}, passes the safety rules",
+                    d.path.display(),
+                    d.size,
+                    d.transport,
+                    d.model
+                );
             }
         }
         return Ok(ExitCode::Success);
@@ -262,7 +284,9 @@ fn flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
                     if rep.direct { "O_DIRECT" } else { "buffered" },
                     verified,
                     r.verify_secs,
-                    rep.grown.as_ref().map_or(String::new(), |(l, s)| format!(", {l} grown to {s} bytes"))
+                    rep.grown
+                        .as_ref()
+                        .map_or(String::new(), |(l, s)| format!(", {l} grown to {s} bytes"))
                 ),
                 Err(e) => eprintln!("  {}: FAILED: {e}", r.device.display()),
             }
@@ -272,8 +296,18 @@ fn flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
         ExitCode::Success
     } else if failed < results.len() {
         ExitCode::Partial
-    } else if let Some(ReadError::Source(_) | ReadError::Checksum { .. } | ReadError::Short { .. } | ReadError::NoState { .. }) = read_error {
-        if matches!(read_error, Some(ReadError::NoState { .. })) { ExitCode::ConfigInvalid } else { ExitCode::SourceFailed }
+    } else if let Some(
+        ReadError::Source(_)
+        | ReadError::Checksum { .. }
+        | ReadError::Short { .. }
+        | ReadError::NoState { .. },
+    ) = read_error
+    {
+        if matches!(read_error, Some(ReadError::NoState { .. })) {
+            ExitCode::ConfigInvalid
+        } else {
+            ExitCode::SourceFailed
+        }
     } else {
         results
             .iter()
@@ -296,7 +330,12 @@ fn slot(a: SlotArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::Refused);
             }
         };
-        let ctx = basalt_flash::device::SafetyContext::new(&sys, Some(&a.bundle), None, &a.common.force_system_disk);
+        let ctx = basalt_flash::device::SafetyContext::new(
+            &sys,
+            Some(&a.bundle),
+            None,
+            &a.common.force_system_disk,
+        );
         if let Err(e) = basalt_flash::device::check(&info, &a.device, &ctx) {
             eprintln!("basalt-flash: {e}");
             return Ok(ExitCode::Refused);
@@ -319,7 +358,11 @@ fn slot(a: SlotArgs) -> anyhow::Result<ExitCode> {
             rep.result(&opts.device.display().to_string(), None);
             eprintln!(
                 "{}: slot {} written ({} bytes, version {}); {} will try it on the next boot",
-                opts.device.display(), opts.slot, r.bytes, r.version, r.bootloader
+                opts.device.display(),
+                opts.slot,
+                r.bytes,
+                r.version,
+                r.bootloader
             );
             Ok(ExitCode::Success)
         }
@@ -330,7 +373,10 @@ fn slot(a: SlotArgs) -> anyhow::Result<ExitCode> {
                 SlotError::Card { .. } => ExitCode::Refused,
                 _ => ExitCode::WriteFailed,
             };
-            rep.result(&opts.device.display().to_string(), Some((&e.to_string(), c as i32)));
+            rep.result(
+                &opts.device.display().to_string(),
+                Some((&e.to_string(), c as i32)),
+            );
             eprintln!("basalt-flash: {e}");
             Ok(c)
         }
@@ -342,7 +388,11 @@ fn main() -> ProcessExit {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { code(ExitCode::Usage) } else { code(ExitCode::Success) };
+            return if e.use_stderr() {
+                code(ExitCode::Usage)
+            } else {
+                code(ExitCode::Success)
+            };
         }
     };
     let result = match cli.command {

@@ -58,7 +58,9 @@ pub enum ReadError {
     #[error(transparent)]
     Source(#[from] SourceError),
     /// A bmap range checksum did not match.
-    #[error("image {name} does not match its bmap: bytes {start}..{end} hash to {found}, the bmap says {expected}")]
+    #[error(
+        "image {name} does not match its bmap: bytes {start}..{end} hash to {found}, the bmap says {expected}"
+    )]
     Checksum {
         /// The image.
         name: String,
@@ -167,25 +169,24 @@ impl Reader<'_, '_> {
         };
         self.pos = offset + n as u64;
         buf.truncate(n);
-        self.reporter
-            .progress("source", Phase::Read, self.pos);
+        self.reporter.progress("source", Phase::Read, self.pos);
         Ok(buf)
     }
 
     /// Sends `buf` at `offset`, minus the excluded range.
     fn forward(&mut self, offset: u64, buf: AlignedBuf) -> Result<(), ReadError> {
-        if offset == 0 && let Some(label) = self.plan.exclude_label {
+        if offset == 0
+            && let Some(label) = self.plan.exclude_label
+        {
             let table = basalt_bootloader::partition_table::PartitionTable::read(
                 &mut std::io::Cursor::new(buf.as_slice()),
                 &self.plan.source.name,
             );
-            let found = table
-                .map_err(|e| e.to_string())
-                .and_then(|t| {
-                    t.by_label(label)
-                        .map(|p| p.start..p.start + p.size)
-                        .ok_or_else(|| "no partition has that label".to_string())
-                });
+            let found = table.map_err(|e| e.to_string()).and_then(|t| {
+                t.by_label(label)
+                    .map(|p| p.start..p.start + p.size)
+                    .ok_or_else(|| "no partition has that label".to_string())
+            });
             match found {
                 Ok(r) => {
                     send_all(self.sinks, Msg::State { range: r.clone() })?;
@@ -202,16 +203,30 @@ impl Reader<'_, '_> {
         }
         let end = offset + buf.as_slice().len() as u64;
         let Some(ex) = self.exclude.clone() else {
-            return send_all(self.sinks, Msg::Data { offset, buf: Arc::new(buf) });
+            return send_all(
+                self.sinks,
+                Msg::Data {
+                    offset,
+                    buf: Arc::new(buf),
+                },
+            );
         };
         if end <= ex.start || offset >= ex.end {
-            return send_all(self.sinks, Msg::Data { offset, buf: Arc::new(buf) });
+            return send_all(
+                self.sinks,
+                Msg::Data {
+                    offset,
+                    buf: Arc::new(buf),
+                },
+            );
         }
         // The ext4 UUID is at byte 0x68 of the superblock, which starts 1024 bytes in.
         let uuid_at = ex.start + 1024 + 0x68;
         if !self.uuid_sent && offset <= uuid_at && uuid_at + 16 <= end {
             let i = (uuid_at - offset) as usize;
-            let magic_at = (ex.start + 1024 + 0x38).checked_sub(offset).map(|m| m as usize);
+            let magic_at = (ex.start + 1024 + 0x38)
+                .checked_sub(offset)
+                .map(|m| m as usize);
             let is_ext = magic_at.is_some_and(|m| buf.as_slice()[m..m + 2] == [0x53, 0xef]);
             if is_ext {
                 let u = &buf.as_slice()[i..i + 16];
@@ -234,7 +249,13 @@ impl Reader<'_, '_> {
                 let mut part = AlignedBuf::new((e - s) as usize);
                 part.as_mut_slice()
                     .copy_from_slice(&buf.as_slice()[(s - offset) as usize..(e - offset) as usize]);
-                send_all(self.sinks, Msg::Data { offset: s, buf: Arc::new(part) })?;
+                send_all(
+                    self.sinks,
+                    Msg::Data {
+                        offset: s,
+                        buf: Arc::new(part),
+                    },
+                )?;
             }
         }
         Ok(())

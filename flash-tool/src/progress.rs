@@ -74,7 +74,9 @@ impl Reporter for JsonLines {
         if let Ok(mut s) = self.started.lock() {
             s.insert((device.to_string(), phase), Instant::now());
         }
-        emit(serde_json::json!({"event": "phase", "device": device, "phase": phase, "total": total}));
+        emit(
+            serde_json::json!({"event": "phase", "device": device, "phase": phase, "total": total}),
+        );
     }
 
     fn progress(&self, device: &str, phase: Phase, done: u64) {
@@ -89,7 +91,9 @@ impl Reporter for JsonLines {
             }
             last.insert(key, now);
         }
-        emit(serde_json::json!({"event": "progress", "device": device, "phase": phase, "done": done}));
+        emit(
+            serde_json::json!({"event": "progress", "device": device, "phase": phase, "done": done}),
+        );
     }
 
     fn done(&self, device: &str, phase: Phase, bytes: u64) {
@@ -97,15 +101,24 @@ impl Reporter for JsonLines {
             .started
             .lock()
             .ok()
-            .and_then(|s| s.get(&(device.to_string(), phase)).map(|t| t.elapsed().as_secs_f64()))
+            .and_then(|s| {
+                s.get(&(device.to_string(), phase))
+                    .map(|t| t.elapsed().as_secs_f64())
+            })
             .unwrap_or(0.0);
-        emit(serde_json::json!({"event": "done", "device": device, "phase": phase, "bytes": bytes, "seconds": secs}));
+        emit(
+            serde_json::json!({"event": "done", "device": device, "phase": phase, "bytes": bytes, "seconds": secs}),
+        );
     }
 
     fn result(&self, device: &str, error: Option<(&str, i32)>) {
         emit(match error {
-            None => serde_json::json!({"event": "result", "device": device, "ok": true, "exit_code": 0}),
-            Some((e, code)) => serde_json::json!({"event": "result", "device": device, "ok": false, "exit_code": code, "error": e}),
+            None => {
+                serde_json::json!({"event": "result", "device": device, "ok": true, "exit_code": 0})
+            }
+            Some((e, code)) => {
+                serde_json::json!({"event": "result", "device": device, "ok": false, "exit_code": code, "error": e})
+            }
         });
     }
 }

@@ -99,7 +99,11 @@ pub struct SlotReport {
     pub bootloader: String,
 }
 
-fn open_bootloader(device: &Path, boot: (u64, u64), env_size: usize) -> Result<(String, Box<dyn Bootloader>), String> {
+fn open_bootloader(
+    device: &Path,
+    boot: (u64, u64),
+    env_size: usize,
+) -> Result<(String, Box<dyn Bootloader>), String> {
     let esp = FatEsp::open(device, boot.0, boot.1)
         .map_err(|e| e.to_string())?
         .with_label(&format!("BOOT of {}", device.display()));
@@ -107,17 +111,25 @@ fn open_bootloader(device: &Path, boot: (u64, u64), env_size: usize) -> Result<(
     if esp.exists("uboot.env").map_err(|e| e.to_string())? {
         let store = EspFileStore::new(esp, "uboot.env");
         let env = UbootEnv::load(store, EnvLayout::single(env_size)).map_err(|e| e.to_string())?;
-        return Ok((format!("u-boot env on {what}"), Box::new(UbootBootloader::new(env, None))));
+        return Ok((
+            format!("u-boot env on {what}"),
+            Box::new(UbootBootloader::new(env, None)),
+        ));
     }
     if esp.exists("loader/entries").map_err(|e| e.to_string())? {
-        return Ok((format!("systemd-boot on {what}"), Box::new(SystemdBoot::new(esp, None))));
+        return Ok((
+            format!("systemd-boot on {what}"),
+            Box::new(SystemdBoot::new(esp, None)),
+        ));
     }
     if esp.exists("autoboot.txt").map_err(|e| e.to_string())? {
         let t = basalt_bootloader::tryboot::Tryboot::new(esp, Default::default(), None, None)
             .map_err(|e| e.to_string())?;
         return Ok((format!("tryboot on {what}"), Box::new(t)));
     }
-    Err(format!("{what} has no uboot.env, loader/entries/ or autoboot.txt"))
+    Err(format!(
+        "{what} has no uboot.env, loader/entries/ or autoboot.txt"
+    ))
 }
 
 /// Writes one slot (module documentation).
@@ -167,8 +179,10 @@ pub fn write_slot(opts: &SlotOptions, reporter: &dyn Reporter) -> Result<SlotRep
         device: dev_name.clone(),
         reason,
     };
-    let (bl_name, mut bl) = open_bootloader(&opts.device, (boot.start, boot.size), env_size).map_err(bl_err)?;
-    bl.prepare_update(opts.slot).map_err(|e| bl_err(e.to_string()))?;
+    let (bl_name, mut bl) =
+        open_bootloader(&opts.device, (boot.start, boot.size), env_size).map_err(bl_err)?;
+    bl.prepare_update(opts.slot)
+        .map_err(|e| bl_err(e.to_string()))?;
     drop(bl);
 
     let mut target = DeviceFile::open(&opts.device, opts.exclusive, opts.direct)?;
@@ -199,8 +213,10 @@ pub fn write_slot(opts: &SlotOptions, reporter: &dyn Reporter) -> Result<SlotRep
         crate::verify::verify(&mut target, &written, reporter, &dev_name)?;
     }
     drop(target);
-    let (_, mut bl) = open_bootloader(&opts.device, (boot.start, boot.size), env_size).map_err(bl_err)?;
-    bl.activate(opts.slot, opts.tries).map_err(|e| bl_err(e.to_string()))?;
+    let (_, mut bl) =
+        open_bootloader(&opts.device, (boot.start, boot.size), env_size).map_err(bl_err)?;
+    bl.activate(opts.slot, opts.tries)
+        .map_err(|e| bl_err(e.to_string()))?;
     drop(bl);
     if let Ok(mut t) = DeviceFile::open(&opts.device, false, false) {
         let _ = t.sync();

@@ -28,7 +28,9 @@ pub enum SourceError {
     #[error(transparent)]
     Http(#[from] HttpError),
     /// The compressed stream is corrupt or truncated.
-    #[error("failed to decompress image {name} ({compression}) at uncompressed offset {offset}: {source}")]
+    #[error(
+        "failed to decompress image {name} ({compression}) at uncompressed offset {offset}: {source}"
+    )]
     Decompress {
         /// The source.
         name: String,
@@ -207,7 +209,9 @@ pub fn open(
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
         Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(buffered)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(io_err)?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(io_err)?)
+        }
     };
     Ok(OpenedSource {
         reader,
@@ -231,22 +235,27 @@ pub fn read_full(
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                return Err(match (src.compression, e.get_ref().and_then(|i| i.downcast_ref::<HttpError>())) {
-                    (_, Some(_)) => SourceError::Io {
-                        name: src.name.clone(),
-                        source: e,
+                return Err(
+                    match (
+                        src.compression,
+                        e.get_ref().and_then(|i| i.downcast_ref::<HttpError>()),
+                    ) {
+                        (_, Some(_)) => SourceError::Io {
+                            name: src.name.clone(),
+                            source: e,
+                        },
+                        (Compression::None, None) => SourceError::Io {
+                            name: src.name.clone(),
+                            source: e,
+                        },
+                        (c, None) => SourceError::Decompress {
+                            name: src.name.clone(),
+                            compression: c,
+                            offset: offset + filled as u64,
+                            source: e,
+                        },
                     },
-                    (Compression::None, None) => SourceError::Io {
-                        name: src.name.clone(),
-                        source: e,
-                    },
-                    (c, None) => SourceError::Decompress {
-                        name: src.name.clone(),
-                        compression: c,
-                        offset: offset + filled as u64,
-                        source: e,
-                    },
-                });
+                );
             }
         }
     }
@@ -281,7 +290,11 @@ mod tests {
         let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
         xz.write_all(&data).unwrap();
         roundtrip(&data, xz.finish().unwrap(), Compression::Xz);
-        roundtrip(&data, zstd::encode_all(&data[..], 1).unwrap(), Compression::Zstd);
+        roundtrip(
+            &data,
+            zstd::encode_all(&data[..], 1).unwrap(),
+            Compression::Zstd,
+        );
     }
 
     #[test]
@@ -305,6 +318,9 @@ mod tests {
         let spec = SourceSpec::Path(dir.path().join("disk.img.zst"));
         assert_eq!(spec.sibling_bmap(), Some(dir.path().join("disk.img.bmap")));
         assert_eq!(SourceSpec::parse("-"), SourceSpec::Stdin);
-        assert!(matches!(SourceSpec::parse("https://h/x"), SourceSpec::Url(_)));
+        assert!(matches!(
+            SourceSpec::parse("https://h/x"),
+            SourceSpec::Url(_)
+        ));
     }
 }

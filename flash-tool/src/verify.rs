@@ -16,7 +16,9 @@ pub enum VerifyError {
     #[error(transparent)]
     Block(#[from] BlockError),
     /// The bytes read back differ.
-    #[error("verification of {name} failed at offset {offset}: {len} bytes read back hash to {found}, {expected} was written")]
+    #[error(
+        "verification of {name} failed at offset {offset}: {len} bytes read back hash to {found}, {expected} was written"
+    )]
     Mismatch {
         /// The device.
         name: String,
@@ -94,7 +96,10 @@ mod tests {
             len: 4096,
             sha256: Sha256::digest([2u8; 4096]).into(),
         };
-        assert_eq!(verify(&mut t, std::slice::from_ref(&good), &Quiet, "d").unwrap(), 4096);
+        assert_eq!(
+            verify(&mut t, std::slice::from_ref(&good), &Quiet, "d").unwrap(),
+            4096
+        );
         let e = verify(&mut t, &[good, bad], &Quiet, "d").unwrap_err();
         assert!(e.to_string().contains("at offset 8192"), "{e}");
     }

@@ -127,7 +127,11 @@ impl Writer<'_> {
         self.report.written.push(Written {
             offset: dev_off,
             len: data.len() as u64,
-            sha256: if self.opts.hash { Sha256::digest(data).into() } else { [0; 32] },
+            sha256: if self.opts.hash {
+                Sha256::digest(data).into()
+            } else {
+                [0; 32]
+            },
         });
         self.report.bytes += data.len() as u64;
         self.since_sync += data.len() as u64;
@@ -135,7 +139,8 @@ impl Writer<'_> {
             self.target.sync()?;
             self.since_sync = 0;
         }
-        self.reporter.progress(&self.label, Phase::Write, self.report.bytes);
+        self.reporter
+            .progress(&self.label, Phase::Write, self.report.bytes);
         Ok(())
     }
 
@@ -150,7 +155,8 @@ impl Writer<'_> {
             if end > HEAD {
                 // Rare (a range straddling 1 MiB): copy the rest into an aligned buffer.
                 let mut rest = AlignedBuf::new((end - HEAD) as usize);
-                rest.as_mut_slice().copy_from_slice(&data[(HEAD - offset) as usize..]);
+                rest.as_mut_slice()
+                    .copy_from_slice(&data[(HEAD - offset) as usize..]);
                 self.put(rest.as_slice(), HEAD)?;
             }
             return Ok(());
@@ -166,7 +172,8 @@ impl Writer<'_> {
             path: std::env::temp_dir(),
             reason: e.to_string(),
         })?;
-        let image = crate::firstboot::build_state(&config, range.end - range.start, uuid, work.path())?;
+        let image =
+            crate::firstboot::build_state(&config, range.end - range.start, uuid, work.path())?;
         let file = std::fs::File::open(&image).map_err(|e| FirstBootError::Build {
             path: image.clone(),
             reason: e.to_string(),
@@ -253,7 +260,11 @@ pub fn write_device(
         opts,
         report: WriteReport::default(),
         since_sync: 0,
-        head: if opts.whole_disk { vec![0u8; HEAD as usize] } else { Vec::new() },
+        head: if opts.whole_disk {
+            vec![0u8; HEAD as usize]
+        } else {
+            Vec::new()
+        },
         head_ranges: Vec::new(),
         reporter,
         label: label.to_string(),

@@ -40,7 +40,11 @@ impl Fixture {
 }
 
 fn compress(src: &Path, dst: &Path, tool: &str) {
-    let out = Command::new(tool).args(["-c", "-1"]).arg(src).output().unwrap();
+    let out = Command::new(tool)
+        .args(["-c", "-1"])
+        .arg(src)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     std::fs::write(dst, out.stdout).unwrap();
 }
@@ -54,26 +58,53 @@ fn every_input_format_round_trips() {
     }
     let mut cases: Vec<(String, Vec<String>)> = vec![
         ("raw+bmap".into(), vec![s(&fx.image).into()]),
-        ("raw, no bmap".into(), vec![s(&fx.image).into(), "--no-bmap".into()]),
+        (
+            "raw, no bmap".into(),
+            vec![s(&fx.image).into(), "--no-bmap".into()],
+        ),
     ];
     for ext in ["gz", "xz", "zst"] {
-        cases.push((format!("{ext}+bmap"), vec![s(&fx.p(&format!("disk.img.{ext}"))).into()]));
-        cases.push((format!("{ext}, no bmap"), vec![s(&fx.p(&format!("disk.img.{ext}"))).into(), "--no-bmap".into()]));
+        cases.push((
+            format!("{ext}+bmap"),
+            vec![s(&fx.p(&format!("disk.img.{ext}"))).into()],
+        ));
+        cases.push((
+            format!("{ext}, no bmap"),
+            vec![
+                s(&fx.p(&format!("disk.img.{ext}"))).into(),
+                "--no-bmap".into(),
+            ],
+        ));
     }
     // bmap 1.3 (sha1 per range), made from the 2.0 ranges.
     let v13 = fx.p("v13.bmap");
     std::fs::write(&v13, bmap_1_3(&fx.image)).unwrap();
-    cases.push(("raw+bmap 1.3".into(), vec![s(&fx.image).into(), "--bmap".into(), s(&v13).into()]));
+    cases.push((
+        "raw+bmap 1.3".into(),
+        vec![s(&fx.image).into(), "--bmap".into(), s(&v13).into()],
+    ));
     for (name, args) in cases {
-        let (backing, l) = fx.target(&format!("t-{}", name.replace([' ', ',', '+', '.'], "_")), IMG_MIB + 8, 0x5a);
+        let (backing, l) = fx.target(
+            &format!("t-{}", name.replace([' ', ',', '+', '.'], "_")),
+            IMG_MIB + 8,
+            0x5a,
+        );
         let mut a: Vec<&str> = vec!["--quiet"];
         a.extend(args.iter().map(String::as_str));
         a.push(s(&l.dev));
         let out = flash(&a);
         assert_eq!(out.status.code(), Some(0), "{name}");
-        assert!(same(&backing, &fx.image, size) || bmap_equal(&fx, &backing), "{name}: content differs");
+        assert!(
+            same(&backing, &fx.image, size) || bmap_equal(&fx, &backing),
+            "{name}: content differs"
+        );
         // The stale end of the device (where an old backup GPT would be) is zeroed.
-        assert!(read_range(&backing, size + 7 * MIB, MIB).iter().all(|&b| b == 0), "{name}: end not wiped");
+        assert!(
+            read_range(&backing, size + 7 * MIB, MIB)
+                .iter()
+                .all(|&b| b == 0),
+            "{name}: end not wiped"
+        );
     }
     // stdin
     let (backing, l) = fx.target("t-stdin", IMG_MIB, 0);
@@ -83,7 +114,12 @@ fn every_input_format_round_trips() {
         .stdin(zst)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(same(&backing, &fx.image, size));
 }
 
@@ -92,7 +128,8 @@ fn bmap_equal(fx: &Fixture, backing: &Path) -> bool {
     let text = std::fs::read_to_string(fx.p("disk.img.bmap")).unwrap();
     let map = basalt_flash::bmap::BlockMap::parse(&text, Path::new("b")).unwrap();
     map.ranges.iter().all(|r| {
-        read_range(backing, r.start, r.end - r.start) == read_range(&fx.image, r.start, r.end - r.start)
+        read_range(backing, r.start, r.end - r.start)
+            == read_range(&fx.image, r.start, r.end - r.start)
     })
 }
 
@@ -104,7 +141,12 @@ fn bmap_1_3(image: &Path) -> String {
         let start = r.first * b.block_size;
         let end = ((r.last + 1) * b.block_size).min(b.image_size);
         let h = sha1::Sha1::digest(read_range(image, start, end - start));
-        ranges.push_str(&format!("        <Range sha1=\"{}\"> {}-{} </Range>\n", hex::encode(h), r.first, r.last));
+        ranges.push_str(&format!(
+            "        <Range sha1=\"{}\"> {}-{} </Range>\n",
+            hex::encode(h),
+            r.first,
+            r.last
+        ));
     }
     format!(
         "<?xml version=\"1.0\" ?>\n<bmap version=\"1.3\">\n    <ImageSize> {} </ImageSize>\n    <BlockSize> {} </BlockSize>\n    <BlocksCount> {} </BlocksCount>\n    <MappedBlocksCount> {} </MappedBlocksCount>\n    <BlockMap>\n{ranges}    </BlockMap>\n</bmap>\n",
@@ -119,7 +161,12 @@ fn bmap_1_3(image: &Path) -> String {
 fn bmap_write_equals_bmaptool_copy() {
     let fx = fixture();
     let bm = fx.p("tool.bmap");
-    let st = Command::new("bmaptool").args(["create", "-o"]).arg(&bm).arg(&fx.image).status().unwrap();
+    let st = Command::new("bmaptool")
+        .args(["create", "-o"])
+        .arg(&bm)
+        .arg(&fx.image)
+        .status()
+        .unwrap();
     assert!(st.success());
     // Same size as the image and garbage everywhere: unmapped blocks must stay as they were.
     let (ours, l1) = fx.target("ours", IMG_MIB, 0xa5);
@@ -133,7 +180,11 @@ fn bmap_write_equals_bmaptool_copy() {
         .arg(&l2.dev)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(same(&ours, &theirs, IMG_MIB * MIB));
 }
 
@@ -147,7 +198,13 @@ fn bmap_checksum_mismatch_aborts_before_the_partition_table() {
     use std::os::unix::fs::FileExt;
     f.write_all_at(&[0xff], fx.layout.system_a.0 + 100).unwrap();
     let (backing, l) = fx.target("t", IMG_MIB, 0x33);
-    let out = flash(&["--quiet", "--bmap", s(&fx.p("disk.img.bmap")), s(&bad), s(&l.dev)]);
+    let out = flash(&[
+        "--quiet",
+        "--bmap",
+        s(&fx.p("disk.img.bmap")),
+        s(&bad),
+        s(&l.dev),
+    ]);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match its bmap"));
     assert!(read_range(&backing, 0, MIB).iter().all(|&b| b == 0x33));
@@ -175,7 +232,10 @@ fn corrupt_compressed_input_leaves_the_first_mib_untouched() {
         // zstd decodes garbage up to the frame checksum; with a bmap, the range checksum
         // usually catches it first.
         let decode = err.contains("failed to decompress image") && err.contains("zstd");
-        assert!(decode || (extra.is_empty() && err.contains("does not match its bmap")), "{err}");
+        assert!(
+            decode || (extra.is_empty() && err.contains("does not match its bmap")),
+            "{err}"
+        );
         assert!(read_range(&backing, 0, MIB).iter().all(|&b| b == 0x77));
         drop(l);
     }
@@ -192,7 +252,10 @@ fn truncated_xz_is_a_clear_error() {
     let out = flash(&["--quiet", "--no-bmap", s(&xz), s(&l.dev)]);
     assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("failed to decompress image") && err.contains("(xz)"), "{err}");
+    assert!(
+        err.contains("failed to decompress image") && err.contains("(xz)"),
+        "{err}"
+    );
     assert!(read_range(&backing, 0, MIB).iter().all(|&b| b == 0x66));
 }
 
@@ -203,26 +266,53 @@ fn injected_config_is_read_back_by_machined() {
     let yaml = "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: edge-7\n";
     std::fs::write(&cfg, yaml).unwrap();
     let bad = fx.p("bad.yaml");
-    std::fs::write(&bad, "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostnme: x\n").unwrap();
+    std::fs::write(
+        &bad,
+        "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostnme: x\n",
+    )
+    .unwrap();
     let (backing, l) = fx.target("t", IMG_MIB, 0x11);
     // An invalid config is refused before any byte is written.
     let out = flash(&["--quiet", "--config", s(&bad), s(&fx.image), s(&l.dev)]);
     assert_eq!(out.status.code(), Some(7));
-    assert!(read_range(&backing, 0, IMG_MIB * MIB).iter().all(|&b| b == 0x11));
+    assert!(
+        read_range(&backing, 0, IMG_MIB * MIB)
+            .iter()
+            .all(|&b| b == 0x11)
+    );
     let out = flash(&["--quiet", "--config", s(&cfg), s(&fx.image), s(&l.dev)]);
     assert_eq!(out.status.code(), Some(0));
     // debugfs reads it without mounting; the filesystem keeps the image's label and UUID.
     let (start, size) = fx.layout.state;
     let part = fx.p("state.ext4");
     std::fs::write(&part, read_range(&backing, start, size)).unwrap();
-    let cat = Command::new("debugfs").args(["-R", "cat /config/current.yaml"]).arg(&part).output().unwrap();
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /config/current.yaml"])
+        .arg(&part)
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&cat.stdout), yaml);
-    let info = Command::new("dumpe2fs").arg("-h").arg(&part).output().unwrap();
+    let info = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&part)
+        .output()
+        .unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
-    assert!(info.contains("1b4e28ba-2fa1-11d2-883f-0016d3cca427"), "{info}");
+    assert!(
+        info.contains("1b4e28ba-2fa1-11d2-883f-0016d3cca427"),
+        "{info}"
+    );
     assert!(info.contains("volume name:   STATE"), "{info}");
-    let fsck = Command::new("e2fsck").args(["-fn"]).arg(&part).output().unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
     // machined's ConfigStore on the mounted STATE of the card.
     let pl = Loop::attach(&part);
     let m = Mount::new(&pl.dev, &fx.p("mnt"), "rw");
@@ -231,15 +321,28 @@ fn injected_config_is_read_back_by_machined() {
     assert_eq!(current.data, yaml.as_bytes());
     assert_eq!(current.version, 1);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(m.dir.join("config/current.yaml")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(m.dir.join("config/current.yaml"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let mode = std::fs::metadata(m.dir.join("config")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(m.dir.join("config"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o700);
     // Every mapped block outside STATE is the image's.
     let text = std::fs::read_to_string(fx.p("disk.img.bmap")).unwrap();
     let map = basalt_flash::bmap::BlockMap::parse(&text, Path::new("b")).unwrap();
-    for r in map.ranges.iter().filter(|r| r.end <= start || r.start >= start + size) {
-        assert_eq!(read_range(&backing, r.start, r.end - r.start), read_range(&fx.image, r.start, r.end - r.start));
+    for r in map
+        .ranges
+        .iter()
+        .filter(|r| r.end <= start || r.start >= start + size)
+    {
+        assert_eq!(
+            read_range(&backing, r.start, r.end - r.start),
+            read_range(&fx.image, r.start, r.end - r.start)
+        );
     }
     drop(m);
 }
@@ -254,7 +357,14 @@ fn refusals() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs"));
     // Mounted.
     let (mb, mounted) = fx.target("mounted", IMG_MIB * 2, 0);
-    assert!(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4"]).arg(&mb).status().unwrap().success());
+    assert!(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4"])
+            .arg(&mb)
+            .status()
+            .unwrap()
+            .success()
+    );
     let m = Mount::new(&mounted.dev, &fx.p("mnt"), "rw");
     let out = flash(&["--quiet", s(&fx.image), s(&mounted.dev)]);
     assert_eq!(out.status.code(), Some(3));
@@ -262,7 +372,14 @@ fn refusals() {
     // The source's own device: an image stored on the mounted filesystem of the target.
     let inner = m.dir.join("disk.img");
     std::fs::copy(&fx.image, &inner).unwrap();
-    let out = flash(&["--quiet", "--no-bmap", "--force-system-disk", s(&mounted.dev), s(&inner), s(&mounted.dev)]);
+    let out = flash(&[
+        "--quiet",
+        "--no-bmap",
+        "--force-system-disk",
+        s(&mounted.dev),
+        s(&inner),
+        s(&mounted.dev),
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds the source image"));
     drop(m);
@@ -316,7 +433,14 @@ fn several_devices_one_failing() {
     // The size of a compressed image without bmap is unknown up front: the small card
     // fails while writing, the others finish.
     let (_small, l3) = fx.target("small", IMG_MIB - 16, 0);
-    let out = flash(&["--json", "--no-bmap", s(&zst), s(&l1.dev), s(&l3.dev), s(&l2.dev)]);
+    let out = flash(&[
+        "--json",
+        "--no-bmap",
+        s(&zst),
+        s(&l1.dev),
+        s(&l3.dev),
+        s(&l2.dev),
+    ]);
     assert_eq!(out.status.code(), Some(8));
     assert!(same(&good, &fx.image, IMG_MIB * MIB));
     assert!(same(&good2, &fx.image, IMG_MIB * MIB));
@@ -329,7 +453,11 @@ fn several_devices_one_failing() {
     let small = results.iter().find(|e| e["device"] == s(&l3.dev)).unwrap();
     assert_eq!(small["ok"], false);
     assert!(small["error"].as_str().unwrap().contains("does not fit"));
-    assert!(events.iter().any(|e| e["event"] == "done" && e["phase"] == "verify"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "done" && e["phase"] == "verify")
+    );
 }
 
 #[test]
@@ -338,8 +466,16 @@ fn grow_data_moves_the_backup_gpt() {
     let (_b, l) = fx.target("big", IMG_MIB * 2, 0);
     let out = flash(&["--quiet", "--grow-data", s(&fx.image), s(&l.dev)]);
     assert_eq!(out.status.code(), Some(0));
-    let v = Command::new("sgdisk").arg("-v").arg(&l.dev).output().unwrap();
-    assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"), "{}", String::from_utf8_lossy(&v.stdout));
+    let v = Command::new("sgdisk")
+        .arg("-v")
+        .arg(&l.dev)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("No problems found"),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
     let mut f = std::fs::File::open(&l.dev).unwrap();
     let t = basalt_bootloader::partition_table::PartitionTable::read(&mut f, "big").unwrap();
     let data = t.by_label("DATA").unwrap();
@@ -350,7 +486,10 @@ fn grow_data_moves_the_backup_gpt() {
 fn partition_by_label() {
     let fx = fixture();
     let (backing, l) = fx.target("t", IMG_MIB, 0);
-    assert_eq!(flash(&["--quiet", s(&fx.image), s(&l.dev)]).status.code(), Some(0));
+    assert_eq!(
+        flash(&["--quiet", s(&fx.image), s(&l.dev)]).status.code(),
+        Some(0)
+    );
     let part = fx.p("slot.img");
     std::fs::write(&part, noise(9, 5 * MIB as usize)).unwrap();
     let xz = fx.p("slot.img.xz");
@@ -358,7 +497,10 @@ fn partition_by_label() {
     let out = flash(&["--quiet", "--partition", "SYSTEM-B", s(&xz), s(&l.dev)]);
     assert_eq!(out.status.code(), Some(0));
     let (start, _) = fx.layout.system_b;
-    assert_eq!(read_range(&backing, start, 5 * MIB), std::fs::read(&part).unwrap());
+    assert_eq!(
+        read_range(&backing, start, 5 * MIB),
+        std::fs::read(&part).unwrap()
+    );
     // SYSTEM-A untouched.
     let (a, _) = fx.layout.system_a;
     assert_eq!(read_range(&backing, a, MIB), read_range(&fx.image, a, MIB));
@@ -393,7 +535,10 @@ fn serve(data: Vec<u8>, cut: usize) -> (String, std::sync::Arc<std::sync::Mutex<
             }
             let body = &data[start..];
             let head = if start == 0 {
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n", body.len())
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
             } else {
                 format!(
                     "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
@@ -403,7 +548,11 @@ fn serve(data: Vec<u8>, cut: usize) -> (String, std::sync::Arc<std::sync::Mutex<
                 )
             };
             let _ = conn.write_all(head.as_bytes());
-            let n = if i == 0 { cut.min(body.len()) } else { body.len() };
+            let n = if i == 0 {
+                cut.min(body.len())
+            } else {
+                body.len()
+            };
             let _ = conn.write_all(&body[..n]);
             let _ = conn.flush();
             drop(conn);
@@ -421,10 +570,20 @@ fn http_source_resumes_after_a_dropped_connection() {
     let cut = data.len() / 3;
     let (url, seen) = serve(data, cut);
     let (backing, l) = fx.target("t", IMG_MIB, 0);
-    let out = flash(&["--quiet", "--bmap", s(&fx.p("disk.img.bmap")), &url, s(&l.dev)]);
+    let out = flash(&[
+        "--quiet",
+        "--bmap",
+        s(&fx.p("disk.img.bmap")),
+        &url,
+        s(&l.dev),
+    ]);
     assert_eq!(out.status.code(), Some(0));
     assert!(bmap_equal(&fx, &backing));
     assert!(same(&backing, &fx.image, IMG_MIB * MIB));
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.as_slice(), [format!("range: bytes={cut}-")], "{seen:?}");
+    assert_eq!(
+        seen.as_slice(),
+        [format!("range: bytes={cut}-")],
+        "{seen:?}"
+    );
 }

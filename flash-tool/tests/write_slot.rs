@@ -26,7 +26,10 @@ fn write_slot_b_and_switch_the_bootloader() {
     let image = dir.path().join("disk.img");
     let layout = make_image(&image, 64);
     // The initial env as the image builder writes it: slot A active and committed.
-    let store = EspFileStore::new(FatEsp::open(&image, layout.boot.0, layout.boot.1).unwrap(), "uboot.env");
+    let store = EspFileStore::new(
+        FatEsp::open(&image, layout.boot.0, layout.boot.1).unwrap(),
+        "uboot.env",
+    );
     let mut e = UbootEnv::load_or_default(
         store,
         EnvLayout::single(0x4000),
@@ -38,8 +41,14 @@ fn write_slot_b_and_switch_the_bootloader() {
     let card = dir.path().join("card");
     blank(&card, 64 * MIB, 0);
     let l = Loop::attach(&card);
-    assert_eq!(flash(&["--quiet", s(&image), s(&l.dev)]).status.code(), Some(0));
-    assert_eq!(env(&l.dev, layout.boot).status().unwrap().next_boot(), Some(Slot::A));
+    assert_eq!(
+        flash(&["--quiet", s(&image), s(&l.dev)]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        env(&l.dev, layout.boot).status().unwrap().next_boot(),
+        Some(Slot::A)
+    );
 
     // A signed bundle for the board.
     let slot_img = dir.path().join("slot.img");
@@ -52,23 +61,70 @@ fn write_slot_b_and_switch_the_bootloader() {
     BundleWriter::write(&slot_img, &meta, &key, &bundle).unwrap();
 
     // Wrong board, wrong key: rejected (exit 9), nothing changes.
-    let out = flash(&["write-slot", "--quiet", "--slot", "B", "--bundle", s(&bundle), "--trusted-key", s(&public), "--board", "rpi4", s(&l.dev)]);
+    let out = flash(&[
+        "write-slot",
+        "--quiet",
+        "--slot",
+        "B",
+        "--bundle",
+        s(&bundle),
+        "--trusted-key",
+        s(&public),
+        "--board",
+        "rpi4",
+        s(&l.dev),
+    ]);
     assert_eq!(out.status.code(), Some(9));
     let other = generate_signing_key(&dir.path().join("other.pem")).unwrap();
     let other_pub = dir.path().join("other.pub");
-    std::fs::write(&other_pub, verifying_key_pem(&other.verifying_key()).unwrap()).unwrap();
-    let out = flash(&["write-slot", "--quiet", "--slot", "B", "--bundle", s(&bundle), "--trusted-key", s(&other_pub), "--board", "qemu-arm64", s(&l.dev)]);
+    std::fs::write(
+        &other_pub,
+        verifying_key_pem(&other.verifying_key()).unwrap(),
+    )
+    .unwrap();
+    let out = flash(&[
+        "write-slot",
+        "--quiet",
+        "--slot",
+        "B",
+        "--bundle",
+        s(&bundle),
+        "--trusted-key",
+        s(&other_pub),
+        "--board",
+        "qemu-arm64",
+        s(&l.dev),
+    ]);
     assert_eq!(out.status.code(), Some(9));
-    assert!(read_range(&card, layout.system_b.0, MIB).iter().all(|&b| b == 0));
+    assert!(
+        read_range(&card, layout.system_b.0, MIB)
+            .iter()
+            .all(|&b| b == 0)
+    );
 
-    let out = flash(&["write-slot", "--quiet", "--slot", "B", "--bundle", s(&bundle), "--trusted-key", s(&public), "--board", "qemu-arm64", s(&l.dev)]);
+    let out = flash(&[
+        "write-slot",
+        "--quiet",
+        "--slot",
+        "B",
+        "--bundle",
+        s(&bundle),
+        "--trusted-key",
+        s(&public),
+        "--board",
+        "qemu-arm64",
+        s(&l.dev),
+    ]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         read_range(&card, layout.system_b.0, 6 * MIB + 4096),
         std::fs::read(&slot_img).unwrap()
     );
     // Slot A untouched; the bootloader tries B next.
-    assert_eq!(read_range(&card, layout.system_a.0, MIB), read_range(&image, layout.system_a.0, MIB));
+    assert_eq!(
+        read_range(&card, layout.system_a.0, MIB),
+        read_range(&image, layout.system_a.0, MIB)
+    );
     let status = env(&l.dev, layout.boot).status().unwrap();
     assert_eq!(status.next_boot(), Some(Slot::B), "{status:?}");
 }

@@ -22,7 +22,11 @@ impl Loop {
             .arg(file)
             .output()
             .expect("losetup");
-        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Loop {
             dev: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
         }
@@ -43,9 +47,16 @@ pub struct Mount {
 impl Mount {
     pub fn new(dev: &Path, dir: &Path, opts: &str) -> Mount {
         std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount").args(["-o", opts]).arg(dev).arg(dir).status().unwrap();
+        let st = Command::new("mount")
+            .args(["-o", opts])
+            .arg(dev)
+            .arg(dir)
+            .status()
+            .unwrap();
         assert!(st.success(), "mount {} failed", dev.display());
-        Mount { dir: dir.to_path_buf() }
+        Mount {
+            dir: dir.to_path_buf(),
+        }
     }
 }
 
@@ -102,7 +113,11 @@ pub fn sfdisk(path: &Path, script: &str) {
         .spawn()
         .unwrap();
     use std::io::Write;
-    c.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     assert!(c.wait().unwrap().success());
 }
 
@@ -127,13 +142,25 @@ pub fn make_image(path: &Path, size_mib: u64) -> Layout {
         state: r("STATE"),
         data: r("DATA"),
     };
-    basalt_bootloader::systemd_boot::format_fat(path, layout.boot.0, layout.boot.1, None, "BOOT").unwrap();
+    basalt_bootloader::systemd_boot::format_fat(path, layout.boot.0, layout.boot.1, None, "BOOT")
+        .unwrap();
     // STATE: an empty ext4 with a known UUID, written at its offset.
     let dir = path.parent().unwrap();
     let st = dir.join("state.part");
     blank(&st, layout.state.1, 0);
     let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "STATE", "-U", "1b4e28ba-2fa1-11d2-883f-0016d3cca427"])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-L",
+            "STATE",
+            "-U",
+            "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+        ])
         .arg(&st)
         .output()
         .unwrap();
@@ -141,9 +168,12 @@ pub fn make_image(path: &Path, size_mib: u64) -> Layout {
     copy_sparse(&st, path, layout.state.0);
     std::fs::remove_file(&st).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(&noise(1, 3 * MIB as usize + 12288), layout.system_a.0).unwrap();
-    f.write_all_at(&noise(2, 40960), layout.data.0 + 5 * MIB).unwrap();
-    f.write_all_at(&noise(3, 4096), layout.data.0 + layout.data.1 - 3 * MIB).unwrap();
+    f.write_all_at(&noise(1, 3 * MIB as usize + 12288), layout.system_a.0)
+        .unwrap();
+    f.write_all_at(&noise(2, 40960), layout.data.0 + 5 * MIB)
+        .unwrap();
+    f.write_all_at(&noise(3, 4096), layout.data.0 + layout.data.1 - 3 * MIB)
+        .unwrap();
     layout
 }
 
@@ -186,7 +216,12 @@ pub fn same(a: &Path, b: &Path, len: u64) -> bool {
     while off < len {
         let n = (len - off).min(8 * MIB);
         if read_range(a, off, n) != read_range(b, off, n) {
-            eprintln!("{} and {} differ in {off}..{}", a.display(), b.display(), off + n);
+            eprintln!(
+                "{} and {} differ in {off}..{}",
+                a.display(),
+                b.display(),
+                off + n
+            );
             return false;
         }
         off += n;
