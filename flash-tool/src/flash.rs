@@ -286,9 +286,12 @@ pub fn run(
     };
     let total = plan.mapped_bytes;
     let input_len = source.input_len;
+    let raw = raw_file.is_some();
+    let position = Arc::new(AtomicU64::new(0));
     let read_plan = ReadPlan {
         source,
         raw_file,
+        position: position.clone(),
         map: map.as_ref(),
         exclude_label: config.as_ref().map(|_| STATE_LABEL),
     };
@@ -309,6 +312,7 @@ pub fn run(
                 let outcome = match written {
                     Err(e) => Err(DeviceFailure::from(e)),
                     Ok(report) if verify => {
+                        reporter.done(&label, Phase::Write, report.bytes);
                         let t1 = Instant::now();
                         let r =
                             crate::verify::verify(&mut target, &report.written, reporter, &label);
@@ -316,7 +320,10 @@ pub fn run(
                         target.release();
                         r.map(|n| (report, n)).map_err(DeviceFailure::from)
                     }
-                    Ok(report) => Ok((report, 0)),
+                    Ok(report) => {
+                        reporter.done(&label, Phase::Write, report.bytes);
+                        Ok((report, 0))
+                    }
                 };
                 (path, outcome, write_secs, verify_secs)
             }));
@@ -326,6 +333,16 @@ pub fn run(
         let ticker = {
             let stop = stop.clone();
             let consumed = consumed.clone();
+            let position = position.clone();
+            // Raw files are read with pread: report the reader's position instead of
+            // the bytes consumed through the decoder.
+            let counter = move || {
+                if raw {
+                    position.load(Ordering::Relaxed)
+                } else {
+                    consumed.load(Ordering::Relaxed)
+                }
+            };
             scope.spawn(move || {
                 if input_len.is_some() {
                     reporter.phase("source", Phase::Read, input_len);
@@ -333,11 +350,11 @@ pub fn run(
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(200));
                     if input_len.is_some() {
-                        reporter.progress("source", Phase::Read, consumed.load(Ordering::Relaxed));
+                        reporter.progress("source", Phase::Read, counter());
                     }
                 }
                 if input_len.is_some() {
-                    reporter.done("source", Phase::Read, consumed.load(Ordering::Relaxed));
+                    reporter.done("source", Phase::Read, counter());
                 }
             })
         };

@@ -108,6 +108,8 @@ pub struct ReadPlan<'a> {
     pub map: Option<&'a BlockMap>,
     /// The label of the partition to leave out (config injection).
     pub exclude_label: Option<&'a str>,
+    /// Updated with the image offset read so far (progress).
+    pub position: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Sends to every live device; a device whose writer hung up is dropped.
@@ -168,6 +170,9 @@ impl Reader<'_, '_> {
             read_full(&mut self.plan.source, buf.as_mut_slice(), offset)?
         };
         self.pos = offset + n as u64;
+        self.plan
+            .position
+            .store(self.pos, std::sync::atomic::Ordering::Relaxed);
         buf.truncate(n);
         self.reporter.progress("source", Phase::Read, self.pos);
         Ok(buf)
