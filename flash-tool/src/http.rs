@@ -82,7 +82,7 @@ impl HttpReader {
     }
 
     /// The body length, when the server sent it.
-    pub fn len(&self) -> Option<u64> {
+    pub fn content_length(&self) -> Option<u64> {
         self.total
     }
 

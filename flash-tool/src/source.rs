@@ -187,7 +187,7 @@ pub fn open(
         SourceSpec::Stdin => (Box::new(io::stdin()), None),
         SourceSpec::Url(u) => {
             let r = HttpReader::open(u)?;
-            let len = r.len();
+            let len = r.content_length();
             (Box::new(r), len)
         }
     };
