@@ -401,6 +401,24 @@ fn refusals() {
         }
         None => eprintln!("no disk holds / here (overlay root?): root-disk refusal not exercised"),
     }
+    // Read-only.
+    let ro_file = fx.p("ro");
+    blank(&ro_file, IMG_MIB * 2 * MIB, 0);
+    let ro = Loop::attach_with(&ro_file, &["-r"]);
+    let out = flash(&["--quiet", s(&fx.image), s(&ro.dev)]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"));
+    // `list --all` shows the loop device as a candidate with its size.
+    let out = flash(&["list", "--all", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let devs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let d = devs
+        .iter()
+        .find(|d| d["path"] == s(&ro.dev))
+        .expect("loop device listed");
+    assert_eq!(d["size"], IMG_MIB * 2 * MIB);
+    assert_eq!(d["transport"], "loop");
+    assert_eq!(d["read_only"], true);
     // A partition instead of a disk.
     let (_pb, parted) = fx.target("parted", IMG_MIB + 8, 0);
     drop(parted);
@@ -586,4 +604,21 @@ fn http_source_resumes_after_a_dropped_connection() {
         [format!("range: bytes={cut}-")],
         "{seen:?}"
     );
+}
+
+#[test]
+fn a_device_held_exclusively_is_not_written() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fx = fixture();
+    let (backing, l) = fx.target("t", IMG_MIB, 0x21);
+    // Another exclusive opener (as mkfs or another flasher would be).
+    let _held = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(&l.dev)
+        .unwrap();
+    let out = flash(&["--quiet", s(&fx.image), s(&l.dev)]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed to open"));
+    assert!(read_range(&backing, 0, MIB).iter().all(|&b| b == 0x21));
 }

@@ -17,8 +17,14 @@ pub struct Loop {
 impl Loop {
     /// Attaches `file` (with partition scanning).
     pub fn attach(file: &Path) -> Loop {
+        Loop::attach_with(file, &[])
+    }
+
+    /// Attaches `file` with extra `losetup` flags (`-r`: read-only).
+    pub fn attach_with(file: &Path, flags: &[&str]) -> Loop {
         let out = Command::new("losetup")
             .args(["-f", "--show", "-P"])
+            .args(flags)
             .arg(file)
             .output()
             .expect("losetup");
