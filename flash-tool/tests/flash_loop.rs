@@ -530,7 +530,11 @@ fn partition_by_label() {
 
 /// Serves `data` on 127.0.0.1 with Range support; the first response is cut after `cut`
 /// bytes. Returns the URL and the Range headers seen.
-fn serve(data: Vec<u8>, cut: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+fn serve(
+    data: Vec<u8>,
+    cut: usize,
+    honor_range: bool,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/disk.img.zst", listener.local_addr().unwrap());
@@ -550,6 +554,9 @@ fn serve(data: Vec<u8>, cut: usize) -> (String, std::sync::Arc<std::sync::Mutex<
                     start = v.trim().trim_end_matches('-').parse().unwrap();
                     seen2.lock().unwrap().push(line.trim().to_ascii_lowercase());
                 }
+            }
+            if !honor_range {
+                start = 0;
             }
             let body = &data[start..];
             let head = if start == 0 {
@@ -586,7 +593,7 @@ fn http_source_resumes_after_a_dropped_connection() {
     compress(&fx.image, &zst, "zstd");
     let data = std::fs::read(&zst).unwrap();
     let cut = data.len() / 3;
-    let (url, seen) = serve(data, cut);
+    let (url, seen) = serve(data, cut, true);
     let (backing, l) = fx.target("t", IMG_MIB, 0);
     let out = flash(&[
         "--quiet",
@@ -621,4 +628,29 @@ fn a_device_held_exclusively_is_not_written() {
     assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("failed to open"));
     assert!(read_range(&backing, 0, MIB).iter().all(|&b| b == 0x21));
+}
+
+#[test]
+fn http_server_without_range_support_is_a_clear_error() {
+    let fx = fixture();
+    let zst = fx.p("disk.img.zst");
+    compress(&fx.image, &zst, "zstd");
+    let data = std::fs::read(&zst).unwrap();
+    let cut = data.len() / 2;
+    let (url, _) = serve(data, cut, false);
+    let (backing, l) = fx.target("t", IMG_MIB, 0x44);
+    let out = flash(&[
+        "--quiet",
+        "--bmap",
+        s(&fx.p("disk.img.bmap")),
+        &url,
+        s(&l.dev),
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("failed to resume {url} at offset {cut}")),
+        "{err}"
+    );
+    assert!(read_range(&backing, 0, MIB).iter().all(|&b| b == 0x44));
 }
