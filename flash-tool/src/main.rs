@@ -292,27 +292,18 @@ fn flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed == 0 && read_error.is_none() {
-        ExitCode::Success
-    } else if failed < results.len() {
-        ExitCode::Partial
-    } else if let Some(
-        ReadError::Source(_)
-        | ReadError::Checksum { .. }
-        | ReadError::Short { .. }
-        | ReadError::NoState { .. },
-    ) = read_error
-    {
-        if matches!(read_error, Some(ReadError::NoState { .. })) {
-            ExitCode::ConfigInvalid
-        } else {
+    Ok(match &read_error {
+        _ if failed == 0 && read_error.is_none() => ExitCode::Success,
+        _ if failed < results.len() => ExitCode::Partial,
+        Some(ReadError::NoState { .. }) => ExitCode::ConfigInvalid,
+        Some(ReadError::Source(_) | ReadError::Checksum { .. } | ReadError::Short { .. }) => {
             ExitCode::SourceFailed
         }
-    } else {
-        results
+        // Every device failed on its own (or the reader stopped because they all did).
+        Some(ReadError::NoDevices) | None => results
             .iter()
             .find_map(|r| r.outcome.as_ref().err().map(failure_code))
-            .unwrap_or(ExitCode::Failure)
+            .unwrap_or(ExitCode::Failure),
     })
 }
 
