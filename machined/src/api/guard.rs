@@ -38,6 +38,17 @@ impl AuditNote {
         }
     }
 
+    /// The note of the request's call, to update after the request was consumed (streaming
+    /// handlers); `None` outside the guard.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<AuditNote> {
+        request.extensions().get::<AuditNote>().cloned()
+    }
+
+    /// Replaces the summary.
+    pub fn replace(&self, summary: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = summary.into();
+    }
+
     fn get(&self) -> String {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
