@@ -2,7 +2,8 @@
 //! (basalt-image's writer, a key from its key generation) pushed through a TCP proxy that
 //! cuts the connection once (the upload resumes where the node is), a bundle signed by an
 //! untrusted key (refused, nothing written), and `--url` served by a tiny HTTP server with
-//! Range support that drops the connection once.
+//! Range support that drops the connection once; and machined killed mid-upload,
+//! restarted on the same STATE, resuming from its last checkpoint.
 //!
 //! machined's binary is taken from the same target directory (`cargo test -p machined -p
 //! basaltctl` builds it; `cargo build -p machined` otherwise).
@@ -252,85 +253,122 @@ fn http_server(data: Vec<u8>, drop_after: usize) -> (String, Arc<Mutex<Vec<u64>>
     (url, starts)
 }
 
+struct Env {
+    dir: tempfile::TempDir,
+    node: Machined,
+    client: PathBuf,
+    key: basalt_image::bundle::SigningKey,
+}
+
+impl Env {
+    fn d(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn slot(&self, name: &str) -> PathBuf {
+        self.d().join(format!("slot-{name}.img"))
+    }
+
+    fn start_node(d: &Path) -> Machined {
+        let s = |p: PathBuf| p.to_str().unwrap().to_string();
+        Machined::start(
+            &d.join("state"),
+            &[
+                "--dev-slot-a",
+                &s(d.join("slot-a.img")),
+                "--dev-slot-b",
+                &s(d.join("slot-b.img")),
+                "--dev-slot-size",
+                &(8 * MIB).to_string(),
+                "--dev-board",
+                "qemu-arm64",
+                "--dev-version",
+                "1.0.0",
+            ],
+        )
+    }
+
+    /// A dev node with slot files, configured to trust one generated signing key.
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        let node = Env::start_node(d);
+        assert_eq!(
+            std::fs::metadata(d.join("slot-b.img")).unwrap().len(),
+            8 * MIB as u64
+        );
+        let secrets = d.join("secrets");
+        let cfg = d.join("cfg");
+        ok(ctl(
+            None,
+            &[
+                "gen",
+                "secrets",
+                "--out",
+                &s(&secrets),
+                "--san",
+                "127.0.0.1",
+            ],
+        ));
+        ok(ctl(
+            None,
+            &[
+                "gen",
+                "config",
+                "--secrets",
+                &s(&secrets),
+                "--machine-id",
+                "node-1",
+                "--endpoint",
+                &node.addr,
+                "--out",
+                &s(&cfg),
+            ],
+        ));
+        let key = generate_signing_key(&d.join("signing.pem")).unwrap();
+        let machine_yaml = cfg.join("machine.yaml");
+        let mut config = std::fs::read_to_string(&machine_yaml).unwrap();
+        config.push_str(&format!(
+            "---\napiVersion: basalt.dev/v1alpha1\nkind: UpdateConfig\nchannel: http://127.0.0.1/\ntrustedSigningKeys:\n  - {}\n",
+            verifying_key_base64(&key.verifying_key())
+        ));
+        std::fs::write(&machine_yaml, config).unwrap();
+        ok(ctl(
+            None,
+            &[
+                "-n",
+                &node.addr,
+                "apply-config",
+                "--insecure",
+                "--fingerprint",
+                &node.fingerprint,
+                "-f",
+                &s(&machine_yaml),
+            ],
+        ));
+        Env {
+            node,
+            client: cfg.join("basaltctl.yaml"),
+            key,
+            dir,
+        }
+    }
+}
+
 #[test]
 fn upgrade_push_with_resume_wrong_key_and_url_with_drop() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let env = Env::new();
+    let d = env.d();
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let (slot_a, slot_b) = (d.join("slot-a.img"), d.join("slot-b.img"));
-    let node = Machined::start(
-        &d.join("state"),
-        &[
-            "--dev-slot-a",
-            &s(&slot_a),
-            "--dev-slot-b",
-            &s(&slot_b),
-            "--dev-slot-size",
-            &(8 * MIB).to_string(),
-            "--dev-board",
-            "qemu-arm64",
-            "--dev-version",
-            "1.0.0",
-        ],
-    );
-    assert_eq!(std::fs::metadata(&slot_b).unwrap().len(), 8 * MIB as u64);
-
-    // Configure the node, trusting one bundle signing key.
-    let secrets = d.join("secrets");
-    let cfg = d.join("cfg");
-    ok(ctl(
-        None,
-        &[
-            "gen",
-            "secrets",
-            "--out",
-            &s(&secrets),
-            "--san",
-            "127.0.0.1",
-        ],
-    ));
-    ok(ctl(
-        None,
-        &[
-            "gen",
-            "config",
-            "--secrets",
-            &s(&secrets),
-            "--machine-id",
-            "node-1",
-            "--endpoint",
-            &node.addr,
-            "--out",
-            &s(&cfg),
-        ],
-    ));
-    let key = generate_signing_key(&d.join("signing.pem")).unwrap();
+    let (slot_a, slot_b) = (env.slot("a"), env.slot("b"));
+    let node = &env.node;
+    let key = &env.key;
     let other = generate_signing_key(&d.join("other.pem")).unwrap();
-    let machine_yaml = cfg.join("machine.yaml");
-    let mut config = std::fs::read_to_string(&machine_yaml).unwrap();
-    config.push_str(&format!(
-        "---\napiVersion: basalt.dev/v1alpha1\nkind: UpdateConfig\nchannel: http://127.0.0.1/\ntrustedSigningKeys:\n  - {}\n",
-        verifying_key_base64(&key.verifying_key())
-    ));
-    std::fs::write(&machine_yaml, config).unwrap();
-    ok(ctl(
-        None,
-        &[
-            "-n",
-            &node.addr,
-            "apply-config",
-            "--insecure",
-            "--fingerprint",
-            &node.fingerprint,
-            "-f",
-            &s(&machine_yaml),
-        ],
-    ));
-    let client = cfg.join("basaltctl.yaml");
-    let cfgp = Some(client.as_path());
+    let cfgp = Some(env.client.as_path());
 
     let img = image(6 * MIB + 12345, 1);
-    let good = build_bundle(d, &img, "1.1.0", &key, "good");
+    let good = build_bundle(d, &img, "1.1.0", key, "good");
     let wrong = build_bundle(d, &img, "1.1.0", &other, "wrong");
 
     // A bundle signed by an untrusted key: refused, nothing written, no progress.
@@ -380,7 +418,7 @@ fn upgrade_push_with_resume_wrong_key_and_url_with_drop() {
     // The node fetches a newer bundle by URL; the server drops the first response after
     // 2 MiB and the node resumes with a Range request.
     let img2 = image(5 * MIB + 777, 2);
-    let b2 = build_bundle(d, &img2, "1.2.0", &key, "v2");
+    let b2 = build_bundle(d, &img2, "1.2.0", key, "v2");
     let (url, starts) = http_server(std::fs::read(&b2).unwrap(), 2 * MIB);
     let out = ok(ctl(
         cfgp,
@@ -404,11 +442,130 @@ fn upgrade_push_with_resume_wrong_key_and_url_with_drop() {
     );
 
     // A downgrade is refused without --allow-downgrade.
-    let old = build_bundle(d, &img, "0.9.0", &key, "old");
+    let old = build_bundle(d, &img, "0.9.0", key, "old");
     let o = ctl(cfgp, &["upgrade", "--bundle", &s(&old)]);
     assert!(
         !o.status.success() && text(&o).contains("not newer"),
         "{}",
         text(&o)
+    );
+}
+
+/// A TCP proxy that forwards the first `stall_after` client bytes and then stops reading
+/// (the upload hangs, as on a dead link).
+fn stalling_proxy(upstream: String, stall_after: u64) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(client) = conn else { continue };
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_read, mut c_write) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut total = 0u64;
+                loop {
+                    let want = ((stall_after - total) as usize).min(buf.len());
+                    if want == 0 {
+                        std::thread::sleep(Duration::from_secs(3600));
+                        return;
+                    }
+                    let n = match c_read.read(&mut buf[..want]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    total += n as u64;
+                    if s_write.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+            });
+        }
+    });
+    addr
+}
+
+/// machined is killed (SIGKILL, like a power cut of the daemon) in the middle of an upload,
+/// restarted on the same STATE and slot files, and the upload resumes from the progress it
+/// had recorded: nothing before it is sent again.
+#[test]
+fn upload_resumes_after_machined_is_killed() {
+    let mut env = Env::new();
+    let d = env.d().to_path_buf();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let img = image(7 * MIB + 4321, 3);
+    let bundle = build_bundle(&d, &img, "1.1.0", &env.key, "cut");
+    let proxy = stalling_proxy(env.node.addr.clone(), (5 * MIB + MIB / 2) as u64);
+    let mut upload = Command::new(env!("CARGO_BIN_EXE_basaltctl"))
+        .args([
+            "--retries",
+            "0",
+            "-n",
+            &proxy,
+            "upgrade",
+            "--attempts",
+            "1",
+            "--bundle",
+        ])
+        .arg(&bundle)
+        .env("BASALTCONFIG", &env.client)
+        .env_remove("BASALT_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The node checkpoints every 4 MiB: wait for the 4 MiB record, then kill it.
+    let progress = d.join("state/upgrade/progress.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&progress).unwrap_or_default();
+        if text.contains(&format!("\"verified\": {}", 4 * MIB)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 4 MiB checkpoint: {text:?}\n{}",
+            env.node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = env.node.child.kill();
+    let _ = env.node.child.wait();
+    let _ = upload.kill();
+    let _ = upload.wait();
+    env.node = Env::start_node(&d);
+    // `env.node` is a fresh machined on the same state (configured: mutual TLS).
+    let cfgp = Some(env.client.as_path());
+    let out = ok(ctl(
+        cfgp,
+        &[
+            "-n",
+            &env.node.addr,
+            "upgrade",
+            "--bundle",
+            &s(&bundle),
+            "--stage",
+        ],
+    ));
+    let header_len =
+        u32::from_le_bytes(std::fs::read(&bundle).unwrap()[12..16].try_into().unwrap()) as usize;
+    assert!(
+        out.contains(&format!("resuming at offset {} ", header_len + 4 * MIB)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("({} bytes written of", img.len() - 4 * MIB)),
+        "{out}"
+    );
+    assert_eq!(
+        &std::fs::read(env.slot("b")).unwrap()[..img.len()],
+        &img[..]
     );
 }

@@ -103,6 +103,12 @@ fn describe(session: &UpgradeSession) -> String {
     }
 }
 
+/// Ends an unfinished session off the async workers: dropping it syncs the slot and
+/// records the progress. The engine stays busy until that is done.
+fn end(session: UpgradeSession) {
+    tokio::task::spawn_blocking(move || drop(session));
+}
+
 async fn feed(
     session: UpgradeSession,
     offset: u64,
@@ -159,25 +165,33 @@ pub async fn upgrade(
     let mut session = engine
         .begin(ctx, opts, &format!("upload from {peer}"))
         .map_err(|e| upgrade_status(&e))?;
-    let start = session.next_offset();
+    // Bundle offset the payload started at in this call (after the header was verified).
+    let mut start = None;
     while let Some(msg) = stream.next().await {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
                 note_set(summary("stream interrupted", &session));
+                end(session);
                 return Err(e);
             }
         };
         let Some(pb::upgrade_chunk::Message::Data(d)) = msg.message else {
             note_set(summary("refused", &session));
+            end(session);
             return Err(Status::invalid_argument(
                 "only the first Upgrade message may carry options",
             ));
         };
+        let had_header = session.header_verified();
         let r;
         (session, r) = feed(session, d.offset, d.data).await?;
+        if !had_header && session.header_verified() {
+            start = Some(session.resume_offset());
+        }
         if let Err(e) = r {
             note_set(format!("{}: {e}", summary("failed", &session)));
+            end(session);
             return Err(upgrade_status(&e));
         }
     }
@@ -188,8 +202,10 @@ pub async fn upgrade(
             resume_offset: session.resume_offset(),
         };
         note_set(summary("incomplete", &session));
+        end(session);
         return Err(upgrade_status(&e));
     }
+    let start = start.unwrap_or_default();
     let described = summary("installed", &session);
     let outcome = tokio::task::spawn_blocking(move || session.finish())
         .await
