@@ -13,11 +13,16 @@
 use basalt_proto::machine::v1 as pb;
 use basalt_proto::machine::v1::machine_service_client::MachineServiceClient;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::Code;
 
 use crate::connect::AuthedChannel;
+
+/// How often a push reports how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Bytes per `UpgradeData` message.
 pub const MESSAGE_BYTES: usize = 1 << 20;
@@ -158,6 +163,7 @@ async fn send_bundle(
     header_len: u64,
     start: u64,
     tx: tokio::sync::mpsc::Sender<pb::UpgradeChunk>,
+    sent: Arc<AtomicU64>,
 ) -> Result<(), std::io::Error> {
     let mut f = tokio::fs::File::open(&path).await?;
     let len = f.metadata().await?.len();
@@ -190,6 +196,7 @@ async fn send_bundle(
                 return Ok(());
             }
             off += n as u64;
+            sent.store(off, Ordering::Relaxed);
         }
     }
     Ok(())
@@ -258,16 +265,36 @@ async fn push_once(
         progress(format!("sending {len} bytes"));
     }
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let sent = Arc::new(AtomicU64::new(start));
     let reader = tokio::spawn(send_bundle(
         path.to_path_buf(),
         options,
         header_len,
         start,
         tx,
+        sent.clone(),
     ));
-    let result = client
-        .upgrade(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await;
+    let call = client.upgrade(tokio_stream::wrappers::ReceiverStream::new(rx));
+    tokio::pin!(call);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    let mut announced_end = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = tick.tick() => {
+                let at = sent.load(Ordering::Relaxed);
+                if at >= len {
+                    if !announced_end {
+                        progress("all bytes sent; the node reads the slot back and activates it".into());
+                        announced_end = true;
+                    }
+                } else {
+                    progress(format!("sent {} of {} MiB", at >> 20, len >> 20));
+                }
+            }
+        }
+    };
     reader.abort();
     match result {
         Ok(r) => Ok(r.into_inner()),
