@@ -441,6 +441,34 @@ fn upgrade_push_with_resume_wrong_key_and_url_with_drop() {
         "{boot}"
     );
 
+    // The audit trail has a secret-free summary of each upgrade call.
+    let audit = ok(ctl(
+        cfgp,
+        &[
+            "audit",
+            "--rpc",
+            "/basalt.machine.v1.MachineService/Upgrade",
+        ],
+    ));
+    assert!(audit.contains("untrusted key"), "{audit}");
+    assert!(audit.contains("stream interrupted"), "{audit}");
+    assert!(
+        audit.contains("installed: bundle qemu-arm64 1.1.0 slot B"),
+        "{audit}"
+    );
+    let audit = ok(ctl(
+        cfgp,
+        &[
+            "audit",
+            "--rpc",
+            "/basalt.machine.v1.MachineService/UpgradeFromUrl",
+        ],
+    ));
+    assert!(
+        audit.contains("installed qemu-arm64 1.2.0 in slot B"),
+        "{audit}"
+    );
+
     // A downgrade is refused without --allow-downgrade.
     let old = build_bundle(d, &img, "0.9.0", key, "old");
     let o = ctl(cfgp, &["upgrade", "--bundle", &s(&old)]);
