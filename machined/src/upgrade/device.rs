@@ -91,6 +91,11 @@ pub trait SlotDevice: Send {
 pub trait SlotDevices: Send + Sync {
     /// The device of `slot`, opened for reading and writing.
     fn open(&self, slot: Slot) -> Result<Box<dyn SlotDevice>, DeviceError>;
+    /// The device of `slot`, opened for reading only (the booted slot, to copy chunks
+    /// from). Defaults to [`SlotDevices::open`].
+    fn open_read(&self, slot: Slot) -> Result<Box<dyn SlotDevice>, DeviceError> {
+        self.open(slot)
+    }
     /// The device's name, for messages.
     fn name(&self, slot: Slot) -> String;
 }
@@ -113,9 +118,18 @@ pub struct FileSlotDevice {
 impl FileSlotDevice {
     /// Opens `path` read-write (it must exist).
     pub fn open(slot: Slot, path: &Path) -> Result<Self, DeviceError> {
+        Self::open_with(slot, path, true)
+    }
+
+    /// Opens `path` read-only: writes fail.
+    pub fn open_read(slot: Slot, path: &Path) -> Result<Self, DeviceError> {
+        Self::open_with(slot, path, false)
+    }
+
+    fn open_with(slot: Slot, path: &Path, write: bool) -> Result<Self, DeviceError> {
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(write)
             .open(path)
             .map_err(|source| DeviceError::Open {
                 slot,
@@ -212,6 +226,13 @@ impl FileSlotDevices {
 impl SlotDevices for FileSlotDevices {
     fn open(&self, slot: Slot) -> Result<Box<dyn SlotDevice>, DeviceError> {
         Ok(Box::new(FileSlotDevice::open(
+            slot,
+            &self.paths[index(slot)],
+        )?))
+    }
+
+    fn open_read(&self, slot: Slot) -> Result<Box<dyn SlotDevice>, DeviceError> {
+        Ok(Box::new(FileSlotDevice::open_read(
             slot,
             &self.paths[index(slot)],
         )?))

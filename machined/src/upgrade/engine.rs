@@ -32,7 +32,9 @@ use super::progress::{ProgressError, ProgressStore, UpgradeProgress};
 use super::trust::UpdateTrust;
 use super::version::{Version, VersionError};
 use basalt_bootloader::{BootStatus, BootloaderError, Slot};
-use basalt_image::bundle::{BundleError, BundleHeader, PayloadVerifier, VerifiedManifest};
+use basalt_image::bundle::{
+    BundleError, BundleHeader, ChunkIndex, ChunkSource, PayloadVerifier, VerifiedManifest,
+};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +42,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Default bytes between two progress checkpoints (slot fsync + progress record).
 pub const DEFAULT_PERSIST_EVERY: u64 = 4 << 20;
+/// Bytes asked for at a time while the header is incomplete.
+pub const HEADER_PROBE: u64 = 64 << 10;
 /// Largest number of boot tries a bootloader counter holds.
 pub const MAX_TRIES: u32 = 9;
 
@@ -403,6 +407,10 @@ struct Payload {
     readback_ok: bool,
     /// A write failed: nothing after `written_to` may be recorded.
     poisoned: bool,
+    /// Where each chunk comes from, once [`UpgradeSession::plan_reuse`] ran.
+    sources: Option<Vec<ChunkSource>>,
+    /// The booted slot, read for chunks it shares with the new image.
+    active: Option<Box<dyn SlotDevice>>,
 }
 
 impl Payload {
@@ -647,6 +655,8 @@ impl UpgradeSession {
             tries,
             readback_ok: false,
             poisoned: false,
+            sources: None,
+            active: None,
         };
         if verified > 0 {
             self.ctx.log(&format!(
@@ -710,6 +720,121 @@ impl UpgradeSession {
             }
         }
         Ok(())
+    }
+
+    /// Indexes the booted slot with the bundle's chunk size and plans which chunks of the
+    /// new image can be copied from it (same sha256) instead of being fetched. Returns the
+    /// number of chunks to copy and the payload bytes still to fetch. The booted slot is
+    /// only read; copied chunks are verified like fetched ones.
+    ///
+    /// When the booted slot cannot be read, everything is fetched (logged, not an error).
+    pub fn plan_reuse(&mut self) -> Result<(u64, u64), UpgradeError> {
+        match self.index_booted_slot() {
+            Ok(r) => Ok(r),
+            Err(e @ (UpgradeError::Device(_) | UpgradeError::Bundle(_))) => {
+                self.ctx.log(&format!(
+                    "upgrade: not reusing chunks of the booted slot ({e}); fetching everything"
+                ));
+                let total = self.written().1;
+                Ok((0, total - self.written().0))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn index_booted_slot(&mut self) -> Result<(u64, u64), UpgradeError> {
+        let booted = self.target.booted_slot;
+        let Some(p) = self.payload.as_mut() else {
+            return Err(UpgradeError::State("plan_reuse before the header"));
+        };
+        // Bytes of a partly received chunk are dropped: that chunk may now be copied.
+        p.buf.clear();
+        let mut active = self.devices.open_read(booted)?;
+        let chunk_size = p.manifest.chunks().chunk_size();
+        let len = active.len()?.min(p.manifest.manifest().slot_size);
+        let mut hashes = Vec::new();
+        let mut buf = vec![0u8; chunk_size as usize];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(u64::from(chunk_size)) as usize;
+            active.read_at(off, &mut buf[..n])?;
+            hashes.push(Sha256::digest(&buf[..n]).into());
+            off += n as u64;
+        }
+        let have = ChunkIndex::new(chunk_size, len, hashes)?;
+        let diff = p.manifest.chunks().diff(&have);
+        let reuse = diff.reuse_count();
+        let fetch = diff.fetch_bytes();
+        p.sources = Some(diff.sources().to_vec());
+        p.active = Some(active);
+        self.ctx.log(&format!(
+            "upgrade: {reuse} chunks are copied from the booted slot {booted}, {fetch} bytes are fetched"
+        ));
+        Ok((reuse, fetch))
+    }
+
+    fn source(&self, index: u64) -> ChunkSource {
+        self.payload
+            .as_ref()
+            .and_then(|p| p.sources.as_ref())
+            .and_then(|s| s.get(index as usize).copied())
+            .unwrap_or(ChunkSource::Fetch)
+    }
+
+    /// Copies the chunks planned by [`UpgradeSession::plan_reuse`] that come next, from the
+    /// booted slot, through the same verification and write as fetched data. Returns how
+    /// many were copied (0 without a plan, or when the next chunk must be fetched).
+    pub fn copy_local(&mut self) -> Result<u64, UpgradeError> {
+        let mut copied = 0;
+        loop {
+            let Some(p) = self.payload.as_mut() else {
+                return Ok(copied);
+            };
+            let chunks = p.manifest.chunks();
+            let chunk_size = u64::from(chunks.chunk_size());
+            if !p.buf.is_empty() || p.written_to == chunks.len() {
+                return Ok(copied);
+            }
+            let index = p.written_to / chunk_size;
+            let len = chunks.chunk_len(index) as usize;
+            let at = p.header_len + p.written_to;
+            let ChunkSource::Local { chunk } = self.source(index) else {
+                return Ok(copied);
+            };
+            let mut data = vec![0u8; len];
+            let Some(p) = self.payload.as_mut() else {
+                return Ok(copied);
+            };
+            let Some(active) = p.active.as_mut() else {
+                return Ok(copied);
+            };
+            active.read_at(chunk * chunk_size, &mut data)?;
+            self.feed_payload(at, &data)?;
+            copied += 1;
+        }
+    }
+
+    /// The bundle byte range to fetch next: from [`UpgradeSession::next_offset`] to the end
+    /// of the run of chunks that must be fetched (the bundle end without a plan). `None`
+    /// once everything is there, or when the next chunk is to be copied.
+    pub fn fetch_range(&self) -> Option<std::ops::Range<u64>> {
+        let next = self.next_offset();
+        let Some(p) = self.payload.as_ref() else {
+            // The header: probe 64 KiB at a time (a 512 MiB image in 1 MiB chunks has a
+            // 20 KiB header) and fetch no payload the booted slot may already hold.
+            return Some(next..next + HEADER_PROBE);
+        };
+        let chunks = p.manifest.chunks();
+        let chunk_size = u64::from(chunks.chunk_size());
+        let total = chunks.len();
+        let mut index = (next - p.header_len) / chunk_size;
+        if next - p.header_len >= total || self.source(index) != ChunkSource::Fetch {
+            return None;
+        }
+        while index < chunks.count() && self.source(index) == ChunkSource::Fetch {
+            index += 1;
+        }
+        Some(next..p.header_len + (index * chunk_size).min(total))
     }
 
     /// Syncs the slot and records the verified offset now.

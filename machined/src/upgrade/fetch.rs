@@ -2,11 +2,15 @@
 //! [`UpgradeSession`], resuming after a dropped connection with a Range request.
 //!
 //! The client is hyper's HTTP/1.1 client connection over our own TCP stream (plus
-//! tokio-rustls with the ring provider for `https`): one `GET` with `Range: bytes=N-` from
-//! the session's next offset; after a drop, a stall (no byte for `read_timeout`) or a 5xx
-//! answer, another from where the session is, with exponential backoff, until
-//! `max_attempts` failures in a row without progress. A server that ignores Range (200)
-//! is read from the start and the bytes the session already has are skipped.
+//! tokio-rustls with the ring provider for `https`). The header is fetched in 64 KiB
+//! Range requests; once it is verified, [`UpgradeSession::plan_reuse`] indexes the booted
+//! slot and the chunks it already holds are copied from it
+//! ([`UpgradeSession::copy_local`]); the others are fetched as `Range: bytes=A-B` runs
+//! ([`UpgradeSession::fetch_range`]). After a drop, a stall (no byte for `read_timeout`)
+//! or a 5xx answer, the request is repeated from where the session is, with exponential
+//! backoff, until `max_attempts` failures in a row without progress. A server that
+//! ignores Range (200) is read from the start and the bytes the session already has are
+//! skipped.
 //!
 //! Trust comes only from the bundle's signature: the server, the path and the transport
 //! are untrusted, so `https` encrypts the download but the server certificate is not
@@ -313,15 +317,16 @@ async fn with_session<T: Send + 'static>(
     }
 }
 
-/// One GET from the session's next offset to the end (or a failure). Returns the session
-/// whatever happened.
+/// One GET of `range` (bundle offsets; `range.start` is the session's next offset), until
+/// the body ends or fails. Returns the session whatever happened.
 async fn fetch_once(
     t: &Target,
     opts: &FetchOptions,
     mut session: UpgradeSession,
+    range: std::ops::Range<u64>,
     report: &mut (dyn FnMut(FetchProgress) + Send),
 ) -> (UpgradeSession, Result<(), FetchError>) {
-    let offset = session.next_offset();
+    let offset = range.start;
     let net = |message: String| FetchError::Network {
         url: t.url.clone(),
         offset,
@@ -340,7 +345,10 @@ async fn fetch_once(
     });
     let request = match http::Request::get(&t.path)
         .header(http::header::HOST, &t.authority)
-        .header(http::header::RANGE, format!("bytes={offset}-"))
+        .header(
+            http::header::RANGE,
+            format!("bytes={offset}-{}", range.end.saturating_sub(1)),
+        )
         .header(http::header::USER_AGENT, "basalt-machined")
         .body(Empty::<Bytes>::new())
     {
@@ -479,25 +487,52 @@ pub async fn upgrade_from_url(
     let mut last_progress = session.next_offset();
     loop {
         let r;
-        (session, r) = fetch_once(&target, fetch, session, report).await;
+        (session, r) = with_session(session, |s| s.copy_local()).await;
+        r?;
         if session.is_complete() {
             break;
         }
+        let Some(range) = session.fetch_range() else {
+            return Err(UpgradeError::State("nothing to fetch and nothing to copy").into());
+        };
+        let had_header = session.header_verified();
+        let r;
+        (session, r) = fetch_once(&target, fetch, session, range.clone(), report).await;
+        if !had_header && session.header_verified() {
+            let planned;
+            (session, planned) = with_session(session, |s| s.plan_reuse()).await;
+            let (reuse, bytes) = planned?;
+            let (written, total) = session.written();
+            report(FetchProgress {
+                phase: Phase::Header,
+                written,
+                total,
+                message: format!(
+                    "{reuse} chunks copied from the booted slot, {bytes} payload bytes to fetch"
+                ),
+            });
+        }
+        let next = session.next_offset();
+        if next > last_progress {
+            failures = 0;
+            delay = fetch.backoff;
+            last_progress = next;
+        }
         let e = match r {
+            // The range (or the header probe) arrived whole: go on.
+            Ok(()) if next >= range.end || (!had_header && session.header_verified()) => {
+                continue;
+            }
+            Ok(()) if session.is_complete() => break,
             Ok(()) => FetchError::Network {
                 url: url.to_string(),
-                offset: session.next_offset(),
-                message: "connection closed before the end of the bundle".into(),
+                offset: next,
+                message: "connection closed before the end of the requested range".into(),
             },
             Err(e) => e,
         };
         if !e.retryable() {
             return Err(e);
-        }
-        if session.next_offset() > last_progress {
-            failures = 0;
-            delay = fetch.backoff;
-            last_progress = session.next_offset();
         }
         failures += 1;
         if failures >= fetch.max_attempts {
@@ -507,10 +542,7 @@ pub async fn upgrade_from_url(
                 last: Box::new(e),
             });
         }
-        let message = format!(
-            "{e}; retrying from offset {} in {delay:?}",
-            session.next_offset()
-        );
+        let message = format!("{e}; retrying from offset {next} in {delay:?}");
         ctx.log(&format!("upgrade: {message}"));
         let (written, total) = session.written();
         report(FetchProgress {

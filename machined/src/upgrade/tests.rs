@@ -550,23 +550,27 @@ async fn https_server(data: Arc<Vec<u8>>, drop_after: usize) -> (u16, Arc<Mutex<
                 let _ = tls.shutdown().await;
                 continue;
             }
-            let from: usize = head
+            let range = head
                 .lines()
                 .find_map(|l| l.strip_prefix("range: bytes="))
-                .and_then(|r| r.split('-').next()?.trim().parse().ok())
-                .unwrap_or(0);
-            s2.lock().unwrap().push(from as u64);
+                .unwrap_or("0-")
+                .trim()
+                .to_string();
+            let (a, b) = range.split_once('-').unwrap();
             let len = data.len();
+            let from: usize = a.parse().unwrap();
+            let to: usize = b.parse::<usize>().map(|b| b + 1).unwrap_or(len).min(len);
+            s2.lock().unwrap().push(from as u64);
             let reply = format!(
                 "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{len}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                len - 1,
-                len - from
+                to - 1,
+                to - from
             );
             let _ = tls.write_all(reply.as_bytes()).await;
             let end = if first {
-                (from + drop_after).min(len)
+                from.saturating_add(drop_after).min(to)
             } else {
-                len
+                to
             };
             first = false;
             let _ = tls.write_all(&data[from..end]).await;
@@ -637,4 +641,45 @@ async fn https_fetch_resumes_after_a_drop_and_refuses_a_404() {
     .unwrap_err();
     assert!(matches!(e, FetchError::Status { status: 404, .. }), "{e}");
     assert!(!engine.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_fetch_copies_chunks_the_booted_slot_already_has() {
+    use super::device::SlotDevice;
+    use super::fetch::{FetchOptions, upgrade_from_url};
+    let fx = Fx::new();
+    let b = Arc::new(fx.bundle("qemu-arm64", "1.2.0"));
+    let header_len = u64::from(u32::from_le_bytes(b[12..16].try_into().unwrap()));
+    // The booted slot A already holds the second half of the new image (chunks 16..).
+    let half = 64 << 10;
+    let mut a = fx.devices.slot(Slot::A).clone();
+    a.write_at(half as u64, &fx.img[half..]).unwrap();
+    let (port, starts) = https_server(b.clone(), usize::MAX).await;
+    let ctx = TestCtx::new(&fx.key);
+    let engine = fx.engine();
+    let url = format!("https://localhost:{port}/b");
+    let o = upgrade_from_url(
+        &engine,
+        ctx.clone(),
+        &url,
+        UpgradeOptions::default(),
+        &FetchOptions::default(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        &fx.devices.slot(Slot::B).contents()[..fx.img.len()],
+        &fx.img[..]
+    );
+    assert_eq!(o.bytes_written, fx.img.len() as u64);
+    // The 64 KiB header probe (header + chunks 0..14 + part of 15), then chunk 15 alone;
+    // chunks 16..31 come from slot A.
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(starts, vec![0, header_len + 15 * 4096]);
+    let log = ctx.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("16 chunks are copied from the booted slot A"),
+        "{log}"
+    );
 }
