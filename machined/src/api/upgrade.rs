@@ -188,6 +188,8 @@ pub async fn upgrade(
         (session, r) = feed(session, d.offset, d.data).await?;
         if !had_header && session.header_verified() {
             start = Some(session.resume_offset());
+            // Set now: a call cancelled by a dropped connection keeps this summary.
+            note_set(summary("receiving", &session));
         }
         if let Err(e) = r {
             note_set(format!("{}: {e}", summary("failed", &session)));
