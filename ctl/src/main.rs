@@ -77,6 +77,12 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Switch each node's next boot back to its other slot (which must be bootable).
+    Rollback {
+        /// Reboot right away into the other slot.
+        #[arg(long)]
+        reboot: bool,
+    },
     /// Power each node off (orderly: filesystems synced and made read-only first).
     Shutdown {
         /// Power off even when a service refuses to stop in time.
@@ -87,6 +93,32 @@ enum Command {
     Stats,
     /// Show the A/B boot state of each node.
     BootStatus,
+    /// Install a signed update bundle into the inactive slot: pushed from a file (resumed
+    /// after a cut), or fetched by the node from a URL.
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["bundle", "url"])))]
+struct UpgradeArgs {
+    /// The bundle file to send.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// An http(s) URL the node fetches the bundle from (with Range resume).
+    #[arg(long)]
+    url: Option<String>,
+    /// Do not reboot: the new slot boots at the next reboot.
+    #[arg(long)]
+    stage: bool,
+    /// Install a bundle not newer than the booted version.
+    #[arg(long)]
+    allow_downgrade: bool,
+    /// Boot tries of the new slot (1-9); default: the node's UpdateConfig (3).
+    #[arg(long)]
+    tries: Option<u32>,
+    /// Attempts to push the bundle when the stream drops (each resumes where the node is).
+    #[arg(long, default_value_t = 5)]
+    attempts: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,8 +304,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Reboot { force } => Op::Reboot { force: *force },
         Command::Shutdown { force } => Op::Shutdown { force: *force },
+        Command::Rollback { reboot } => Op::Rollback { reboot: *reboot },
         Command::Stats => Op::Stats,
         Command::BootStatus => Op::BootStatus,
+        Command::Upgrade(u) => Op::Upgrade {
+            bundle: u.bundle.clone(),
+            url: u.url.clone(),
+            options: basalt_proto::machine::v1::UpgradeOptions {
+                allow_downgrade: u.allow_downgrade,
+                stage: u.stage,
+                tries: u.tries.unwrap_or(0),
+            },
+            attempts: u.attempts.max(1),
+        },
     };
     let insecure = match &cli.command {
         Command::ApplyConfig(a) if a.insecure => Some(a.fingerprint.clone()),
@@ -316,8 +359,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             (nodes, tls, ctx.token.clone())
         }
     };
+    // An upgrade streams a whole slot image: no per-call deadline.
+    let request_timeout = match &cli.command {
+        Command::Upgrade(_) => Duration::from_secs(24 * 3600),
+        _ => ConnectOptions::default().request_timeout,
+    };
     let opts = ConnectOptions {
         connect_timeout: Duration::from_secs(cli.connect_timeout),
+        request_timeout,
         retries: cli.retries,
         token: cli.token.clone().or(context_token),
         ..ConnectOptions::default()

@@ -67,6 +67,11 @@ pub enum Op {
         /// Force.
         force: bool,
     },
+    /// MachineService.Rollback.
+    Rollback {
+        /// Reboot right away.
+        reboot: bool,
+    },
     /// MachineService.Shutdown.
     Shutdown {
         /// Force.
@@ -76,6 +81,50 @@ pub enum Op {
     Stats,
     /// MachineService.BootStatus.
     BootStatus,
+    /// MachineService.Upgrade (bundle) or UpgradeFromUrl (url).
+    Upgrade {
+        /// The bundle file to push.
+        bundle: Option<std::path::PathBuf>,
+        /// The URL the node fetches.
+        url: Option<String>,
+        /// How to install.
+        options: pb::UpgradeOptions,
+        /// Push attempts.
+        attempts: u32,
+    },
+}
+
+fn upgrade_phase(p: i32) -> &'static str {
+    match pb::UpgradePhase::try_from(p) {
+        Ok(pb::UpgradePhase::Header) => "header",
+        Ok(pb::UpgradePhase::Write) => "write",
+        Ok(pb::UpgradePhase::Readback) => "read-back",
+        Ok(pb::UpgradePhase::Activate) => "activate",
+        Ok(pb::UpgradePhase::Done) => "done",
+        _ => "-",
+    }
+}
+
+fn upgrade_rendered(r: &pb::UpgradeResponse) -> Rendered {
+    Rendered {
+        text: format!(
+            "upgraded: slot {} now holds {} {} ({} bytes written of {}), {} tries; {}",
+            slot(r.slot),
+            r.board,
+            r.version,
+            r.bytes_written,
+            r.slot_size,
+            r.tries,
+            if r.rebooting {
+                "rebooting into it"
+            } else {
+                "staged until the next reboot"
+            }
+        ),
+        json: json!({"slot": slot(r.slot), "board": r.board, "version": r.version,
+            "bytes_written": r.bytes_written, "slot_size": r.slot_size, "tries": r.tries,
+            "rebooting": r.rebooting, "message": r.message}),
+    }
 }
 
 /// A reply shown as text or JSON.
@@ -254,6 +303,24 @@ impl Op {
                     json: json!({"message": r.message}),
                 })
             }
+            Op::Rollback { reboot } => {
+                let r = c
+                    .machine
+                    .rollback(pb::RollbackRequest { reboot })
+                    .await
+                    .map_err(|s| status_err("Rollback", s))?
+                    .into_inner();
+                let next = slot(r.next_boot);
+                let text = if r.rebooting {
+                    format!("next boot: slot {next}; rebooting")
+                } else {
+                    format!("next boot: slot {next}")
+                };
+                Ok(Rendered {
+                    text,
+                    json: json!({"next_boot": next, "rebooting": r.rebooting}),
+                })
+            }
             Op::Shutdown { force } => {
                 let r = c
                     .machine
@@ -310,6 +377,46 @@ impl Op {
                         "order": order, "committed": b.committed, "trial": slot(b.trial),
                         "last_failed": slot(b.last_failed), "backend": b.backend, "slots": slots}),
                 })
+            }
+            Op::Upgrade {
+                bundle,
+                url,
+                options,
+                attempts,
+            } => {
+                use basaltctl::upgrade::{Retry, pull_bundle, push_bundle};
+                let r = match (bundle, url) {
+                    (Some(path), _) => {
+                        let retry = Retry {
+                            attempts,
+                            ..Retry::default()
+                        };
+                        let mut report = |line: String| eprintln!("basaltctl: upgrade: {line}");
+                        push_bundle(&mut c.machine, &path, options, &retry, &mut report).await?
+                    }
+                    (None, Some(url)) => {
+                        let mut last = (String::new(), 0u64);
+                        let mut report = |p: &pb::UpgradeProgress| {
+                            let phase = upgrade_phase(p.phase);
+                            // One line per phase change, per 16 MiB written, or per message.
+                            let step = p.written_bytes >> 24;
+                            if phase != last.0 || step != last.1 || !p.message.is_empty() {
+                                eprintln!(
+                                    "basaltctl: upgrade: {phase} {}/{} MiB {}",
+                                    p.written_bytes >> 20,
+                                    p.total_bytes >> 20,
+                                    p.message
+                                );
+                                last = (phase.to_string(), step);
+                            }
+                        };
+                        pull_bundle(&mut c.machine, &url, options, &mut report).await?
+                    }
+                    (None, None) => {
+                        return Err(anyhow!("upgrade: pass --bundle FILE or --url URL"));
+                    }
+                };
+                Ok(upgrade_rendered(&r))
             }
         }
     }

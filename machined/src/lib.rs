@@ -11,7 +11,8 @@
 //! - [`settings`]: the API settings read from a machine configuration;
 //! - [`host`]: what machined does to the host, and the recording dev implementation;
 //! - [`observe`]: statistics, processes, mounts and disks;
-//! - [`timefmt`]: RFC 3339 and protobuf timestamps.
+//! - [`timefmt`]: RFC 3339 and protobuf timestamps;
+//! - [`upgrade`]: the A/B upgrade engine (signed bundles into the inactive slot).
 
 pub mod api;
 pub mod audit;
@@ -25,6 +26,7 @@ pub mod observe;
 pub mod settings;
 pub mod state;
 pub mod timefmt;
+pub mod upgrade;
 
 use std::io::Write;
 use std::path::Path;

@@ -25,7 +25,9 @@ use basalt_bootloader::Slot;
 use basalt_bootloader::uboot_backend::UbootBootloader;
 use clap::Parser;
 use machined::early_boot::EarlyBoot;
-use machined::{api, audit, console, host, linux_host, network, node, node_boot, settings, state};
+use machined::{
+    api, audit, console, host, linux_host, network, node, node_boot, settings, state, upgrade,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +56,22 @@ struct Args {
     /// Rotated audit log files to keep.
     #[arg(long, default_value_t = audit::DEFAULT_KEEP)]
     audit_keep: usize,
+    /// Dev mode: file standing in for slot A's partition (SYSTEM-A); created with
+    /// --dev-slot-size bytes when missing. Upgrades are served when both slots are given.
+    #[arg(long, requires = "dev_slot_b")]
+    dev_slot_a: Option<PathBuf>,
+    /// Dev mode: file standing in for slot B's partition (SYSTEM-B).
+    #[arg(long, requires = "dev_slot_a")]
+    dev_slot_b: Option<PathBuf>,
+    /// Dev mode: size of slot files created by --dev-slot-a/--dev-slot-b, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    dev_slot_size: u64,
+    /// Dev mode: the board name upgrades are checked against.
+    #[arg(long, default_value = "dev")]
+    dev_board: String,
+    /// Dev mode: the version of the "booted" slot (A) upgrades are compared with.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    dev_version: String,
 }
 
 fn main() -> ExitCode {
@@ -208,6 +226,52 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         audit,
         api: Arc::new(api),
     }));
+    if let (Some(a), Some(b)) = (&args.dev_slot_a, &args.dev_slot_b) {
+        for path in [a, b] {
+            upgrade::device::ensure_slot_file(path, args.dev_slot_size)
+                .with_context(|| format!("creating dev slot file {}", path.display()))?;
+        }
+        let target = upgrade::UpgradeTarget {
+            board: args.dev_board.clone(),
+            booted_version: args.dev_version.clone(),
+            booted_slot: Slot::A,
+            slot_devices: [a.clone(), b.clone()],
+        };
+        console(
+            &state_dir,
+            &format!(
+                "upgrades enabled: board {}, booted version {} in slot A, slots {} and {}",
+                target.board,
+                target.booted_version,
+                a.display(),
+                b.display()
+            ),
+        );
+        let _ = node
+            .upgrade
+            .set(Arc::new(upgrade::UpgradeEngine::new(target, &state_dir)));
+    }
+    if let Some(early) = &boot {
+        match node_upgrade_target(early) {
+            Ok(target) => {
+                console(
+                    &state_dir,
+                    &format!(
+                        "upgrades enabled: board {}, version {} in slot {}, slots on {} and {}",
+                        target.board,
+                        target.booted_version,
+                        early.slot,
+                        target.slot_devices[0].display(),
+                        target.slot_devices[1].display()
+                    ),
+                );
+                let _ = node
+                    .upgrade
+                    .set(Arc::new(upgrade::UpgradeEngine::new(target, &state_dir)));
+            }
+            Err(e) => console(&state_dir, &format!("upgrades disabled: {e}")),
+        }
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the API to {}", args.listen))?;
@@ -356,4 +420,26 @@ async fn commit_when_healthy(node: Arc<node::Node>, booted: Slot, check: node_bo
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// What the upgrade engine needs on a node: the board and version of the booted slot and
+/// the raw SYSTEM-A/SYSTEM-B partitions.
+fn node_upgrade_target(early: &EarlyBoot) -> anyhow::Result<upgrade::UpgradeTarget> {
+    let board = node_boot::slot_board(&early.slot_mount)?;
+    let other =
+        early.partitions.other_slot.as_ref().with_context(|| {
+            format!("the disk has no partition for slot {}", early.slot.other())
+        })?;
+    let booted = early.partitions.slot.node();
+    let other = other.node();
+    let slot_devices = match early.slot {
+        Slot::A => [booted, other],
+        Slot::B => [other, booted],
+    };
+    Ok(upgrade::UpgradeTarget {
+        board: board.name,
+        booted_version: early.version.clone(),
+        booted_slot: early.slot,
+        slot_devices,
+    })
 }

@@ -102,6 +102,8 @@ pub struct Node {
     pub api: Arc<ApiControl>,
     /// System statistics.
     pub observer: crate::observe::Observer,
+    /// The upgrade engine, set by `main.rs` when the node's slot devices are known.
+    pub upgrade: std::sync::OnceLock<Arc<crate::upgrade::UpgradeEngine>>,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
     apply_lock: tokio::sync::Mutex<()>,
 }
@@ -147,6 +149,7 @@ impl Node {
             audit: parts.audit,
             api: parts.api,
             observer: crate::observe::Observer::new(),
+            upgrade: std::sync::OnceLock::new(),
             apply_lock: tokio::sync::Mutex::new(()),
         }
     }

@@ -7,8 +7,8 @@
 //! [`authz`](crate::api::authz) for a decision. A refused call never reaches a handler: it
 //! gets its status here and is audited at once. An allowed call is audited when it ends:
 //! its status is read from the response headers (trailers-only responses) or trailers, so
-//! streaming calls are recorded with their full duration; a stream the client drops is
-//! recorded as CANCELLED. Handlers add a secret-free summary through [`AuditNote`].
+//! streaming calls are recorded with their full duration; a stream the client drops, or a
+//! call whose connection goes away before the handler answered, is recorded as CANCELLED. Handlers add a secret-free summary through [`AuditNote`].
 //!
 //! Limits: an audit write that fails is reported on stderr and does not fail the call (the
 //! call has already happened by then).
@@ -36,6 +36,17 @@ impl AuditNote {
         if let Some(note) = request.extensions().get::<AuditNote>() {
             *note.0.lock().unwrap_or_else(|e| e.into_inner()) = summary.into();
         }
+    }
+
+    /// The note of the request's call, to update after the request was consumed (streaming
+    /// handlers); `None` outside the guard.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<AuditNote> {
+        request.extensions().get::<AuditNote>().cloned()
+    }
+
+    /// Replaces the summary.
+    pub fn replace(&self, summary: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = summary.into();
     }
 
     fn get(&self) -> String {
@@ -93,6 +104,18 @@ impl Pending {
         self.record.summary = self.note.get();
         if let Err(e) = self.audit.append(&self.record) {
             eprintln!("machined: audit: {e}");
+        }
+    }
+}
+
+/// Records a call as CANCELLED when its future is dropped before the handler answered
+/// (the connection went away during a unary or client-streaming call).
+struct UntilAnswered(Option<Pending>);
+
+impl Drop for UntilAnswered {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.finish(Code::Cancelled);
         }
     }
 }
@@ -247,7 +270,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
+            let mut answered = UntilAnswered(Some(pending));
             let response = inner.call(req).await?;
+            let Some(pending) = answered.0.take() else {
+                unreachable!("the pending record is taken once")
+            };
             if let Some(status) = Status::from_header_map(response.headers()) {
                 // Trailers-only response: the call is over.
                 pending.finish(status.code());

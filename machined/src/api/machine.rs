@@ -1,7 +1,8 @@
 //! `basalt.machine.v1.MachineService`: thin handlers over [`Node`].
 //!
 //! Implemented: Version, ApplyConfiguration (not TRY), GetConfiguration, Reboot, Shutdown,
-//! BootStatus, Rollback, Stats, Processes, Mounts, Disks. The others answer UNIMPLEMENTED
+//! BootStatus, Rollback, Stats, Processes, Mounts, Disks, and the upgrade RPCs (Upgrade,
+//! UpgradeFromUrl, UpgradeStatus: [`crate::api::upgrade`]). The others answer UNIMPLEMENTED
 //! with what is missing; none pretends to succeed.
 
 use crate::api::guard::AuditNote;
@@ -286,5 +287,30 @@ impl MachineService for MachineApi {
 
     async fn disks(&self, _request: Request<pb::DisksRequest>) -> Reply<pb::DisksResponse> {
         blocking(|| crate::observe::disks_in(std::path::Path::new("/sys/block"))).await
+    }
+
+    // The upgrade RPCs live in `api/upgrade.rs`.
+
+    async fn upgrade(
+        &self,
+        request: Request<tonic::Streaming<pb::UpgradeChunk>>,
+    ) -> Reply<pb::UpgradeResponse> {
+        crate::api::upgrade::upgrade(&self.node, request).await
+    }
+
+    type UpgradeFromUrlStream = crate::api::upgrade::ProgressStream;
+
+    async fn upgrade_from_url(
+        &self,
+        request: Request<pb::UpgradeFromUrlRequest>,
+    ) -> Reply<Self::UpgradeFromUrlStream> {
+        crate::api::upgrade::upgrade_from_url(&self.node, request).await
+    }
+
+    async fn upgrade_status(
+        &self,
+        _request: Request<pb::UpgradeStatusRequest>,
+    ) -> Reply<pb::UpgradeStatusResponse> {
+        crate::api::upgrade::upgrade_status_rpc(&self.node)
     }
 }

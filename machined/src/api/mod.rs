@@ -26,6 +26,7 @@ pub mod machine;
 pub mod resource;
 pub mod tls;
 pub mod token;
+pub mod upgrade;
 
 use crate::node::Node;
 use crate::settings::ApiSettings;

@@ -258,6 +258,29 @@ pub async fn call(c: &mut Clients, rpc: &str, config: &str) -> Result<(), tonic:
             .watch(rs::WatchRequest::default())
             .await
             .map(drop),
+        ("basalt.machine.v1.MachineService", "Upgrade") => {
+            // Only the options: the call gets past authorization and is then refused
+            // (no slot devices in this node, or an incomplete bundle).
+            let first = pb::UpgradeChunk {
+                message: Some(pb::upgrade_chunk::Message::Options(
+                    pb::UpgradeOptions::default(),
+                )),
+            };
+            c.machine
+                .upgrade(tokio_stream::iter(vec![first]))
+                .await
+                .map(drop)
+        }
+        ("basalt.machine.v1.MachineService", "UpgradeFromUrl") => c
+            .machine
+            .upgrade_from_url(pb::UpgradeFromUrlRequest::default())
+            .await
+            .map(drop),
+        ("basalt.machine.v1.MachineService", "UpgradeStatus") => c
+            .machine
+            .upgrade_status(pb::UpgradeStatusRequest {})
+            .await
+            .map(drop),
         ("basalt.audit.v1.AuditService", "Query") => {
             c.audit.query(QueryRequest::default()).await.map(drop)
         }

@@ -1,0 +1,991 @@
+//! The upgrade engine: one signed bundle into the inactive slot, then the bootloader.
+//!
+//! [`UpgradeEngine`] holds what does not change between upgrades (the node's board,
+//! booted version and slot, the slot devices, the progress file) and admits one upgrade
+//! at a time. [`UpgradeEngine::begin`] returns an [`UpgradeSession`], which is fed the
+//! bundle's bytes in file order by whatever transport carries them (the `Upgrade` stream,
+//! the HTTP fetcher of `UpgradeFromUrl`, a test) and then finishes:
+//!
+//! 1. **Header**: bytes are collected until the whole header parsed; its signature is
+//!    verified against the keys of the stored `UpdateConfig` (none → refused); the board,
+//!    the version (newer than the booted one unless `allow_downgrade`; the bundle's
+//!    `min_version` always), the boot state (booted slot committed, target not booted),
+//!    the tries and the slot size are checked. Nothing is written before this.
+//! 2. **Prepare**: the bootloader's `prepare_update(target)` takes the target out of the
+//!    boot order; the progress record (bundle identity, slot, offset) is written. When a
+//!    record of the same bundle and slot exists, the write resumes at its offset.
+//! 3. **Write**: payload bytes are buffered chunk by chunk; a chunk is written to the slot
+//!    only after its sha256 matched the signed chunk table. Every `persist_every` bytes
+//!    (4 MiB) the slot is fsynced and then the progress record is replaced atomically.
+//! 4. **Read-back** ([`UpgradeSession::readback`]): fsync, drop the slot's cached pages,
+//!    read the whole slot and hash it chunk by chunk and whole; a mismatch refuses the
+//!    activation, names the first bad chunk and rewinds the progress to it.
+//! 5. **Activate** ([`UpgradeSession::activate`]): `activate(target, tries)` in one
+//!    bootloader write, the progress record is removed, and the node reboots through
+//!    [`UpgradeContext::reboot`] unless the upgrade is staged.
+//!
+//! Dropping a session before it finished (a cut stream) syncs the slot and records the
+//! verified offset, so the next session of the same bundle continues there.
+
+use super::device::{DeviceError, FileSlotDevices, SlotDevice, SlotDevices};
+use super::progress::{ProgressError, ProgressStore, UpgradeProgress};
+use super::trust::UpdateTrust;
+use super::version::{Version, VersionError};
+use basalt_bootloader::{BootStatus, BootloaderError, Slot};
+use basalt_image::bundle::{
+    BundleError, BundleHeader, ChunkIndex, ChunkSource, PayloadVerifier, VerifiedManifest,
+};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Default bytes between two progress checkpoints (slot fsync + progress record).
+pub const DEFAULT_PERSIST_EVERY: u64 = 4 << 20;
+/// Bytes asked for at a time while the header is incomplete.
+pub const HEADER_PROBE: u64 = 64 << 10;
+/// Largest number of boot tries a bootloader counter holds.
+pub const MAX_TRIES: u32 = 9;
+
+/// Why an upgrade was refused or failed. Refusals happen before anything is written.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// Another upgrade is running.
+    #[error("refused: another upgrade is running on this node; wait for it or interrupt it")]
+    Busy,
+    /// The node trusts no signing key.
+    #[error(
+        "refused: no trusted update signing keys: apply a configuration with an UpdateConfig document listing trustedSigningKeys first"
+    )]
+    NoTrustedKeys,
+    /// The stored configuration could not be read for the update settings.
+    #[error("refused: reading the update settings of the stored configuration: {0}")]
+    Config(String),
+    /// The bundle is malformed, untrusted, badly signed, or a chunk does not match.
+    #[error("bundle refused: {0}")]
+    Bundle(#[from] BundleError),
+    /// The bundle is for another board.
+    #[error("refused: the bundle is for board {bundle:?}, this node is a {node:?}")]
+    WrongBoard {
+        /// The bundle's board.
+        bundle: String,
+        /// The node's board.
+        node: String,
+    },
+    /// The bundle is not newer than the booted system.
+    #[error(
+        "refused: bundle version {bundle} is not newer than the booted version {booted} (pass allow_downgrade / --allow-downgrade to install it anyway)"
+    )]
+    NotNewer {
+        /// The bundle's version.
+        bundle: String,
+        /// The booted version.
+        booted: String,
+    },
+    /// The booted version is older than the bundle's `min_version`.
+    #[error(
+        "refused: bundle version {bundle} needs at least version {min_version} installed, this node runs {booted}; upgrade to an intermediate release first"
+    )]
+    TooOld {
+        /// The bundle's version.
+        bundle: String,
+        /// The bundle's min_version.
+        min_version: String,
+        /// The booted version.
+        booted: String,
+    },
+    /// A version string cannot be compared.
+    #[error("refused: {0}")]
+    Version(#[from] VersionError),
+    /// The booted slot is still on trial.
+    #[error(
+        "refused: the booted slot {booted} is on trial and not committed yet; an upgrade now would overwrite slot {target}, the only known-good fallback. Wait for the health check to commit it, or roll back"
+    )]
+    TrialBoot {
+        /// The booted slot.
+        booted: Slot,
+        /// The slot an upgrade would write.
+        target: Slot,
+    },
+    /// The target slot is the one running.
+    #[error("refused: the target slot {0} is the booted slot")]
+    TargetIsBooted(Slot),
+    /// Tries out of range.
+    #[error("refused: tries {0} is out of range 1..={MAX_TRIES}")]
+    BadTries(u32),
+    /// The slot partition is smaller than the image.
+    #[error(
+        "refused: slot {slot} ({device}) has {size} bytes, the bundle's slot image needs {needed}"
+    )]
+    SlotTooSmall {
+        /// The slot.
+        slot: Slot,
+        /// Its device.
+        device: String,
+        /// Its size.
+        size: u64,
+        /// The image size.
+        needed: u64,
+    },
+    /// Data does not continue the bundle where the node is.
+    #[error("bundle data at offset {offset} leaves a gap: the node continues at offset {expected}")]
+    Gap {
+        /// Offset of the data.
+        offset: u64,
+        /// Where the node is.
+        expected: u64,
+    },
+    /// Data past the end of the bundle.
+    #[error("bundle data up to offset {end} runs past the bundle end at {bundle_len}")]
+    PastEnd {
+        /// End of the data.
+        end: u64,
+        /// Length of the bundle.
+        bundle_len: u64,
+    },
+    /// The bundle ended before the payload was complete.
+    #[error(
+        "bundle incomplete: {verified} of {total} payload bytes verified and written (resume from bundle offset {resume_offset})"
+    )]
+    Incomplete {
+        /// Payload bytes verified.
+        verified: u64,
+        /// Payload size.
+        total: u64,
+        /// Bundle offset to resume from.
+        resume_offset: u64,
+    },
+    /// The read-back found a chunk that differs from what was verified and written.
+    #[error(
+        "slot {slot} ({device}): read-back mismatch in chunk {chunk} at offset {offset}: the slot does not hold the signed image; not activated (the next attempt rewrites from offset {offset})"
+    )]
+    ReadbackMismatch {
+        /// The slot.
+        slot: Slot,
+        /// Its device.
+        device: String,
+        /// Index of the first bad chunk.
+        chunk: u64,
+        /// Its offset in the slot.
+        offset: u64,
+    },
+    /// The whole slot hash differs from the signed `slot_sha256`.
+    #[error(
+        "slot {slot} ({device}): read-back sha256 {found} differs from the signed slot_sha256; not activated"
+    )]
+    SlotHashMismatch {
+        /// The slot.
+        slot: Slot,
+        /// Its device.
+        device: String,
+        /// The hash found.
+        found: String,
+    },
+    /// A step was called out of order.
+    #[error("upgrade: {0}")]
+    State(&'static str),
+    /// The slot device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The progress file failed.
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
+    /// The bootloader refused or failed.
+    #[error("bootloader: {0}")]
+    Bootloader(#[from] BootloaderError),
+    /// The reboot failed.
+    #[error("reboot into the new slot: {0}")]
+    Reboot(String),
+}
+
+impl UpgradeError {
+    /// Whether the upgrade was refused by a check (as opposed to failing while running).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            UpgradeError::Busy
+                | UpgradeError::NoTrustedKeys
+                | UpgradeError::Config(_)
+                | UpgradeError::WrongBoard { .. }
+                | UpgradeError::NotNewer { .. }
+                | UpgradeError::TooOld { .. }
+                | UpgradeError::Version(_)
+                | UpgradeError::TrialBoot { .. }
+                | UpgradeError::TargetIsBooted(_)
+                | UpgradeError::BadTries(_)
+                | UpgradeError::SlotTooSmall { .. }
+        )
+    }
+}
+
+/// What the engine needs to know about the node; filled by `main.rs` (dev flags, or early
+/// boot on a node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeTarget {
+    /// The board name (as in `basalt-boards` and bundle manifests), e.g. `qemu-arm64`.
+    pub board: String,
+    /// The version of the booted slot.
+    pub booted_version: String,
+    /// The booted slot; upgrades go to the other one.
+    pub booted_slot: Slot,
+    /// The devices of slot A and B (`SYSTEM-A`, `SYSTEM-B` partitions).
+    pub slot_devices: [PathBuf; 2],
+}
+
+/// How to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UpgradeOptions {
+    /// Accept a bundle not newer than the booted version.
+    pub allow_downgrade: bool,
+    /// Do not reboot after activation.
+    pub stage: bool,
+    /// Boot tries of the new slot; `None` for the UpdateConfig's.
+    pub tries: Option<u32>,
+}
+
+/// What the engine asks of the rest of machined: settings, bootloader, reboot, log.
+pub trait UpgradeContext: Send + Sync {
+    /// The update settings of the stored configuration; `Ok(None)` when none is stored.
+    fn trust(&self) -> Result<Option<UpdateTrust>, String>;
+    /// The boot state.
+    fn boot_status(&self) -> Result<BootStatus, BootloaderError>;
+    /// Takes `target` out of the boot order.
+    fn prepare_update(&self, target: Slot) -> Result<(), BootloaderError>;
+    /// Boots `target` next, on trial with `tries` attempts.
+    fn activate(&self, target: Slot, tries: u32) -> Result<(), BootloaderError>;
+    /// Reboots the node.
+    fn reboot(&self) -> Result<(), String>;
+    /// Records a phase (console and log).
+    fn log(&self, message: &str);
+}
+
+/// Where a finished upgrade left the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeOutcome {
+    /// The slot written and activated.
+    pub slot: Slot,
+    /// The bundle's version.
+    pub version: String,
+    /// The bundle's board.
+    pub board: String,
+    /// Payload bytes written by this session.
+    pub bytes_written: u64,
+    /// Slot image size.
+    pub slot_size: u64,
+    /// Boot tries of the new slot.
+    pub tries: u32,
+    /// Whether a reboot was started.
+    pub rebooting: bool,
+}
+
+/// Admits one upgrade at a time; see the module docs.
+pub struct UpgradeEngine {
+    target: UpgradeTarget,
+    devices: Arc<dyn SlotDevices>,
+    store: ProgressStore,
+    busy: Arc<AtomicBool>,
+    persist_every: u64,
+}
+
+impl std::fmt::Debug for UpgradeEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeEngine")
+            .field("target", &self.target)
+            .field("progress", &self.store.path())
+            .finish_non_exhaustive()
+    }
+}
+
+struct BusyGuard(Arc<AtomicBool>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl UpgradeEngine {
+    /// An engine writing the slot devices of `target`, keeping progress in `state_dir`.
+    pub fn new(target: UpgradeTarget, state_dir: &Path) -> Self {
+        let devices = Arc::new(FileSlotDevices::new(target.slot_devices.clone()));
+        Self::with_devices(target, state_dir, devices)
+    }
+
+    /// An engine over other slot devices (tests: memory slots).
+    pub fn with_devices(
+        target: UpgradeTarget,
+        state_dir: &Path,
+        devices: Arc<dyn SlotDevices>,
+    ) -> Self {
+        UpgradeEngine {
+            target,
+            devices,
+            store: ProgressStore::new(state_dir),
+            busy: Arc::new(AtomicBool::new(false)),
+            persist_every: DEFAULT_PERSIST_EVERY,
+        }
+    }
+
+    /// Checkpoints every `bytes` payload bytes (at least one chunk is always written).
+    pub fn set_persist_every(&mut self, bytes: u64) {
+        self.persist_every = bytes.max(1);
+    }
+
+    /// The node the engine upgrades.
+    pub fn target(&self) -> &UpgradeTarget {
+        &self.target
+    }
+
+    /// Whether an upgrade is running.
+    pub fn is_running(&self) -> bool {
+        self.busy.load(Ordering::SeqCst)
+    }
+
+    /// The recorded progress of an unfinished upgrade. A record for the booted slot is
+    /// stale (that slot was activated and booted since) and is not reported.
+    pub fn progress(&self) -> Result<Option<UpgradeProgress>, UpgradeError> {
+        Ok(self
+            .store
+            .load()?
+            .filter(|p| p.slot() == Some(self.target.booted_slot.other())))
+    }
+
+    /// Starts an upgrade from `source` (a file name or URL, for messages). Refused with
+    /// [`UpgradeError::Busy`] while another runs.
+    pub fn begin(
+        &self,
+        ctx: Arc<dyn UpgradeContext>,
+        options: UpgradeOptions,
+        source: &str,
+    ) -> Result<UpgradeSession, UpgradeError> {
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(UpgradeError::Busy);
+        }
+        let busy = BusyGuard(self.busy.clone());
+        if let Some(t) = options.tries
+            && !(1..=MAX_TRIES).contains(&t)
+        {
+            return Err(UpgradeError::BadTries(t));
+        }
+        ctx.log(&format!("upgrade: receiving bundle {source}"));
+        Ok(UpgradeSession {
+            ctx,
+            options,
+            source: source.to_string(),
+            target: self.target.clone(),
+            devices: self.devices.clone(),
+            store: self.store.clone(),
+            persist_every: self.persist_every,
+            header: Vec::new(),
+            payload: None,
+            finished: false,
+            _busy: busy,
+        })
+    }
+}
+
+struct Payload {
+    manifest: VerifiedManifest,
+    identity: String,
+    header_len: u64,
+    slot: Slot,
+    device: Box<dyn SlotDevice>,
+    verifier: PayloadVerifier,
+    /// Bytes of the chunk being received, from `written_to`.
+    buf: Vec<u8>,
+    /// Payload bytes verified and written (not necessarily synced).
+    written_to: u64,
+    /// Payload bytes synced and recorded.
+    persisted: u64,
+    /// Payload bytes written by this session.
+    written: u64,
+    tries: u32,
+    readback_ok: bool,
+    /// A write failed: nothing after `written_to` may be recorded.
+    poisoned: bool,
+    /// Where each chunk comes from, once [`UpgradeSession::plan_reuse`] ran.
+    sources: Option<Vec<ChunkSource>>,
+    /// The booted slot, read for chunks it shares with the new image.
+    active: Option<Box<dyn SlotDevice>>,
+}
+
+impl Payload {
+    fn record(&self) -> UpgradeProgress {
+        let m = self.manifest.manifest();
+        UpgradeProgress {
+            bundle_sha256: self.identity.clone(),
+            board: m.board.clone(),
+            version: m.version.clone(),
+            slot: self.slot.to_string(),
+            header_len: self.header_len,
+            slot_size: m.slot_size,
+            verified: self.written_to,
+        }
+    }
+
+    fn checkpoint(&mut self, store: &ProgressStore) -> Result<(), UpgradeError> {
+        self.device.sync()?;
+        store.save(&self.record())?;
+        self.persisted = self.written_to;
+        Ok(())
+    }
+}
+
+/// One upgrade in progress; see the module docs.
+pub struct UpgradeSession {
+    ctx: Arc<dyn UpgradeContext>,
+    options: UpgradeOptions,
+    source: String,
+    target: UpgradeTarget,
+    devices: Arc<dyn SlotDevices>,
+    store: ProgressStore,
+    persist_every: u64,
+    header: Vec<u8>,
+    payload: Option<Payload>,
+    finished: bool,
+    _busy: BusyGuard,
+}
+
+impl std::fmt::Debug for UpgradeSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeSession")
+            .field("source", &self.source)
+            .field("next_offset", &self.next_offset())
+            .finish_non_exhaustive()
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+impl UpgradeSession {
+    /// Bundle offset the session expects next.
+    pub fn next_offset(&self) -> u64 {
+        match &self.payload {
+            None => self.header.len() as u64,
+            Some(p) => p.header_len + p.written_to + p.buf.len() as u64,
+        }
+    }
+
+    /// Bundle offset up to which everything is verified and written.
+    pub fn resume_offset(&self) -> u64 {
+        match &self.payload {
+            None => 0,
+            Some(p) => p.header_len + p.written_to,
+        }
+    }
+
+    /// Payload bytes verified and written, and the payload size (0 before the header).
+    pub fn written(&self) -> (u64, u64) {
+        match &self.payload {
+            None => (0, 0),
+            Some(p) => (p.written_to, p.manifest.manifest().slot_size),
+        }
+    }
+
+    /// Whether the header is verified.
+    pub fn header_verified(&self) -> bool {
+        self.payload.is_some()
+    }
+
+    /// Whether every payload chunk is verified and written.
+    pub fn is_complete(&self) -> bool {
+        self.payload
+            .as_ref()
+            .is_some_and(|p| p.written_to == p.manifest.manifest().slot_size)
+    }
+
+    /// The verified manifest, once the header is verified.
+    pub fn manifest(&self) -> Option<&VerifiedManifest> {
+        self.payload.as_ref().map(|p| &p.manifest)
+    }
+
+    /// The slot being written, once the header is verified.
+    pub fn slot(&self) -> Option<Slot> {
+        self.payload.as_ref().map(|p| p.slot)
+    }
+
+    /// Takes `data` found at bundle offset `offset`. Data the session already has is
+    /// skipped; data beyond [`UpgradeSession::next_offset`] is refused as a gap.
+    pub fn feed(&mut self, offset: u64, data: &[u8]) -> Result<(), UpgradeError> {
+        if self.payload.is_some() {
+            return self.feed_payload(offset, data);
+        }
+        let have = self.header.len() as u64;
+        if offset > have {
+            return Err(UpgradeError::Gap {
+                offset,
+                expected: have,
+            });
+        }
+        let skip = (have - offset) as usize;
+        if skip >= data.len() {
+            return Ok(());
+        }
+        self.header.extend_from_slice(&data[skip..]);
+        let header = match BundleHeader::parse_named(&self.header, &self.source) {
+            Ok(h) => h,
+            Err(BundleError::NeedMoreBytes { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let header_len = header.header_len();
+        let rest = self.header.split_off(header_len as usize);
+        self.start(&header)?;
+        self.header.clear();
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            self.feed_payload(header_len, &rest)
+        }
+    }
+
+    fn start(&mut self, header: &BundleHeader) -> Result<(), UpgradeError> {
+        let trust = self
+            .ctx
+            .trust()
+            .map_err(UpgradeError::Config)?
+            .unwrap_or_default();
+        if trust.keys.is_empty() {
+            return Err(UpgradeError::NoTrustedKeys);
+        }
+        let manifest = header.verify(&trust.keys)?;
+        let m = manifest.manifest().clone();
+        if m.board != self.target.board {
+            return Err(UpgradeError::WrongBoard {
+                bundle: m.board,
+                node: self.target.board.clone(),
+            });
+        }
+        let booted = Version::parse(&self.target.booted_version)?;
+        let new = Version::parse(&m.version)?;
+        if let Some(min) = &m.min_version
+            && booted < Version::parse(min)?
+        {
+            return Err(UpgradeError::TooOld {
+                bundle: m.version,
+                min_version: min.clone(),
+                booted: booted.to_string(),
+            });
+        }
+        if new <= booted && !self.options.allow_downgrade {
+            return Err(UpgradeError::NotNewer {
+                bundle: m.version,
+                booted: booted.to_string(),
+            });
+        }
+        let status = self.ctx.boot_status()?;
+        let booted_slot = status.booted.unwrap_or(self.target.booted_slot);
+        let slot = self.target.booted_slot.other();
+        if booted_slot == slot {
+            return Err(UpgradeError::TargetIsBooted(slot));
+        }
+        if !status.committed {
+            return Err(UpgradeError::TrialBoot {
+                booted: booted_slot,
+                target: slot,
+            });
+        }
+        let tries = self.options.tries.unwrap_or(trust.tries);
+        if !(1..=MAX_TRIES).contains(&tries) {
+            return Err(UpgradeError::BadTries(tries));
+        }
+        let device = self.devices.open(slot)?;
+        let size = device.len()?;
+        if size < m.slot_size {
+            return Err(UpgradeError::SlotTooSmall {
+                slot,
+                device: device.name(),
+                size,
+                needed: m.slot_size,
+            });
+        }
+        let header_len = header.header_len();
+        let identity = sha256_hex(&self.header[..header_len as usize]);
+        let verified = match self.store.load() {
+            Ok(Some(p))
+                if p.bundle_sha256 == identity
+                    && p.slot() == Some(slot)
+                    && p.slot_size == m.slot_size
+                    && p.header_len == header_len =>
+            {
+                p.verified
+            }
+            Ok(_) => 0,
+            Err(ProgressError::Corrupt { path, message }) => {
+                self.ctx.log(&format!(
+                    "upgrade: ignoring unreadable progress record {} ({message}); starting over",
+                    path.display()
+                ));
+                0
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let verifier = if verified > 0 {
+            PayloadVerifier::resume(&manifest, verified)?
+        } else {
+            PayloadVerifier::new(&manifest)
+        };
+        self.ctx.log(&format!(
+            "upgrade: bundle {} version {} for {} verified (signed by {}, {} bytes in {} chunks); slot {slot} ({}) taken out of the boot order",
+            &identity[..16],
+            m.version,
+            m.board,
+            basalt_image::bundle::verifying_key_base64(manifest.signer()),
+            m.slot_size,
+            m.chunk_count,
+            device.name()
+        ));
+        self.ctx.prepare_update(slot)?;
+        let mut payload = Payload {
+            manifest,
+            identity,
+            header_len,
+            slot,
+            device,
+            verifier,
+            buf: Vec::new(),
+            written_to: verified,
+            persisted: verified,
+            written: 0,
+            tries,
+            readback_ok: false,
+            poisoned: false,
+            sources: None,
+            active: None,
+        };
+        if verified > 0 {
+            self.ctx.log(&format!(
+                "upgrade: resuming slot {slot} at payload offset {verified} of {}",
+                m.slot_size
+            ));
+        } else {
+            payload.checkpoint(&self.store)?;
+        }
+        self.payload = Some(payload);
+        Ok(())
+    }
+
+    fn feed_payload(&mut self, offset: u64, data: &[u8]) -> Result<(), UpgradeError> {
+        let persist_every = self.persist_every;
+        let Some(p) = self.payload.as_mut() else {
+            return Err(UpgradeError::State("payload before header"));
+        };
+        if p.poisoned {
+            return Err(UpgradeError::State("a slot write failed; start again"));
+        }
+        let total = p.manifest.manifest().slot_size;
+        let bundle_len = p.header_len + total;
+        let end = offset + data.len() as u64;
+        if end > bundle_len {
+            return Err(UpgradeError::PastEnd { end, bundle_len });
+        }
+        let expected = p.header_len + p.written_to + p.buf.len() as u64;
+        if offset > expected {
+            return Err(UpgradeError::Gap { offset, expected });
+        }
+        if end <= expected {
+            return Ok(());
+        }
+        let mut data = &data[(expected - offset) as usize..];
+        let chunk_size = u64::from(p.manifest.chunks().chunk_size());
+        while !data.is_empty() {
+            let index = p.written_to / chunk_size;
+            let chunk_len = p.manifest.chunks().chunk_len(index) as usize;
+            let take = (chunk_len - p.buf.len()).min(data.len());
+            p.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if p.buf.len() < chunk_len {
+                break;
+            }
+            let start = p.written_to;
+            if let Err(e) = p.verifier.feed(start, &p.buf) {
+                p.buf.clear();
+                p.verifier = PayloadVerifier::resume(&p.manifest, p.written_to)?;
+                return Err(e.into());
+            }
+            if let Err(e) = p.device.write_at(start, &p.buf) {
+                p.poisoned = true;
+                return Err(e.into());
+            }
+            p.written_to += chunk_len as u64;
+            p.written += chunk_len as u64;
+            p.buf.clear();
+            if p.written_to - p.persisted >= persist_every || p.written_to == total {
+                p.checkpoint(&self.store)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes the booted slot with the bundle's chunk size and plans which chunks of the
+    /// new image can be copied from it (same sha256) instead of being fetched. Returns the
+    /// number of chunks to copy and the payload bytes still to fetch. The booted slot is
+    /// only read; copied chunks are verified like fetched ones.
+    ///
+    /// When the booted slot cannot be read, everything is fetched (logged, not an error).
+    pub fn plan_reuse(&mut self) -> Result<(u64, u64), UpgradeError> {
+        match self.index_booted_slot() {
+            Ok(r) => Ok(r),
+            Err(e @ (UpgradeError::Device(_) | UpgradeError::Bundle(_))) => {
+                self.ctx.log(&format!(
+                    "upgrade: not reusing chunks of the booted slot ({e}); fetching everything"
+                ));
+                let total = self.written().1;
+                Ok((0, total - self.written().0))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn index_booted_slot(&mut self) -> Result<(u64, u64), UpgradeError> {
+        let booted = self.target.booted_slot;
+        let Some(p) = self.payload.as_mut() else {
+            return Err(UpgradeError::State("plan_reuse before the header"));
+        };
+        // Bytes of a partly received chunk are dropped: that chunk may now be copied.
+        p.buf.clear();
+        let mut active = self.devices.open_read(booted)?;
+        let chunk_size = p.manifest.chunks().chunk_size();
+        let len = active.len()?.min(p.manifest.manifest().slot_size);
+        let mut hashes = Vec::new();
+        let mut buf = vec![0u8; chunk_size as usize];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(u64::from(chunk_size)) as usize;
+            active.read_at(off, &mut buf[..n])?;
+            hashes.push(Sha256::digest(&buf[..n]).into());
+            off += n as u64;
+        }
+        let have = ChunkIndex::new(chunk_size, len, hashes)?;
+        let diff = p.manifest.chunks().diff(&have);
+        let reuse = diff.reuse_count();
+        let fetch = diff.fetch_bytes();
+        p.sources = Some(diff.sources().to_vec());
+        p.active = Some(active);
+        self.ctx.log(&format!(
+            "upgrade: {reuse} chunks are copied from the booted slot {booted}, {fetch} bytes are fetched"
+        ));
+        Ok((reuse, fetch))
+    }
+
+    fn source(&self, index: u64) -> ChunkSource {
+        self.payload
+            .as_ref()
+            .and_then(|p| p.sources.as_ref())
+            .and_then(|s| s.get(index as usize).copied())
+            .unwrap_or(ChunkSource::Fetch)
+    }
+
+    /// Copies the chunks planned by [`UpgradeSession::plan_reuse`] that come next, from the
+    /// booted slot, through the same verification and write as fetched data. Returns how
+    /// many were copied (0 without a plan, or when the next chunk must be fetched).
+    pub fn copy_local(&mut self) -> Result<u64, UpgradeError> {
+        let mut copied = 0;
+        loop {
+            let Some(p) = self.payload.as_mut() else {
+                return Ok(copied);
+            };
+            let chunks = p.manifest.chunks();
+            let chunk_size = u64::from(chunks.chunk_size());
+            if !p.buf.is_empty() || p.written_to == chunks.len() {
+                return Ok(copied);
+            }
+            let index = p.written_to / chunk_size;
+            let len = chunks.chunk_len(index) as usize;
+            let at = p.header_len + p.written_to;
+            let ChunkSource::Local { chunk } = self.source(index) else {
+                return Ok(copied);
+            };
+            let mut data = vec![0u8; len];
+            let Some(p) = self.payload.as_mut() else {
+                return Ok(copied);
+            };
+            let Some(active) = p.active.as_mut() else {
+                return Ok(copied);
+            };
+            active.read_at(chunk * chunk_size, &mut data)?;
+            self.feed_payload(at, &data)?;
+            copied += 1;
+        }
+    }
+
+    /// The bundle byte range to fetch next: from [`UpgradeSession::next_offset`] to the end
+    /// of the run of chunks that must be fetched (the bundle end without a plan). `None`
+    /// once everything is there, or when the next chunk is to be copied.
+    pub fn fetch_range(&self) -> Option<std::ops::Range<u64>> {
+        let next = self.next_offset();
+        let Some(p) = self.payload.as_ref() else {
+            // The header: probe 64 KiB at a time (a 512 MiB image in 1 MiB chunks has a
+            // 20 KiB header) and fetch no payload the booted slot may already hold.
+            return Some(next..next + HEADER_PROBE);
+        };
+        let chunks = p.manifest.chunks();
+        let chunk_size = u64::from(chunks.chunk_size());
+        let total = chunks.len();
+        let mut index = (next - p.header_len) / chunk_size;
+        if next - p.header_len >= total || self.source(index) != ChunkSource::Fetch {
+            return None;
+        }
+        while index < chunks.count() && self.source(index) == ChunkSource::Fetch {
+            index += 1;
+        }
+        Some(next..p.header_len + (index * chunk_size).min(total))
+    }
+
+    /// Syncs the slot and records the verified offset now.
+    pub fn checkpoint(&mut self) -> Result<(), UpgradeError> {
+        match self.payload.as_mut() {
+            Some(p) if !p.poisoned && p.written_to > p.persisted => p.checkpoint(&self.store),
+            _ => Ok(()),
+        }
+    }
+
+    /// Syncs the slot, reads it back bypassing the page cache and compares it with the
+    /// signed chunk hashes and `slot_sha256`. A mismatch rewinds the progress to the first
+    /// bad chunk.
+    pub fn readback(&mut self) -> Result<(), UpgradeError> {
+        let resume_offset = self.resume_offset();
+        let Some(p) = self.payload.as_mut() else {
+            return Err(UpgradeError::Incomplete {
+                verified: 0,
+                total: 0,
+                resume_offset: self.next_offset().min(resume_offset),
+            });
+        };
+        let total = p.manifest.manifest().slot_size;
+        if p.written_to != total {
+            return Err(UpgradeError::Incomplete {
+                verified: p.written_to,
+                total,
+                resume_offset,
+            });
+        }
+        p.checkpoint(&self.store)?;
+        self.ctx.log(&format!(
+            "upgrade: slot {} ({}) written and synced, reading it back",
+            p.slot,
+            p.device.name()
+        ));
+        p.device.drop_cache()?;
+        let chunks = p.manifest.chunks().clone();
+        let mut whole = Sha256::new();
+        let mut buf = vec![0u8; chunks.chunk_size() as usize];
+        for index in 0..chunks.count() {
+            let range = chunks
+                .chunk_range(index)
+                .ok_or(UpgradeError::State("chunk index out of range"))?;
+            let b = &mut buf[..(range.end - range.start) as usize];
+            p.device.read_at(range.start, b)?;
+            whole.update(&*b);
+            let digest: [u8; 32] = Sha256::digest(&*b).into();
+            if Some(&digest) != chunks.hash(index) {
+                p.written_to = range.start;
+                p.persisted = range.start;
+                p.verifier = PayloadVerifier::resume(&p.manifest, range.start)?;
+                self.store.save(&p.record())?;
+                let e = UpgradeError::ReadbackMismatch {
+                    slot: p.slot,
+                    device: p.device.name(),
+                    chunk: index,
+                    offset: range.start,
+                };
+                self.ctx.log(&format!("upgrade: {e}"));
+                return Err(e);
+            }
+        }
+        let found: [u8; 32] = whole.finalize().into();
+        if found != p.manifest.manifest().slot_sha256 {
+            p.written_to = 0;
+            p.persisted = 0;
+            p.verifier = PayloadVerifier::new(&p.manifest);
+            self.store.save(&p.record())?;
+            return Err(UpgradeError::SlotHashMismatch {
+                slot: p.slot,
+                device: p.device.name(),
+                found: hex::encode(found),
+            });
+        }
+        p.readback_ok = true;
+        self.ctx.log(&format!(
+            "upgrade: slot {} read back: matches the signed slot_sha256",
+            p.slot
+        ));
+        Ok(())
+    }
+
+    /// Activates the verified slot on trial and reboots unless staged.
+    pub fn activate(mut self) -> Result<UpgradeOutcome, UpgradeError> {
+        let Some(p) = self.payload.as_ref() else {
+            return Err(UpgradeError::State("activate before the header"));
+        };
+        if !p.readback_ok {
+            return Err(UpgradeError::State(
+                "activate before a successful read-back",
+            ));
+        }
+        self.ctx.activate(p.slot, p.tries)?;
+        self.finished = true;
+        self.store.clear()?;
+        let m = p.manifest.manifest();
+        let mut outcome = UpgradeOutcome {
+            slot: p.slot,
+            version: m.version.clone(),
+            board: m.board.clone(),
+            bytes_written: p.written,
+            slot_size: m.slot_size,
+            tries: p.tries,
+            rebooting: false,
+        };
+        self.ctx.log(&format!(
+            "upgrade: slot {} activated on trial with {} tries (version {})",
+            p.slot, p.tries, m.version
+        ));
+        if self.options.stage {
+            self.ctx
+                .log("upgrade: staged: the new slot boots at the next reboot");
+        } else {
+            self.ctx.log("upgrade: rebooting into the new slot");
+            self.ctx.reboot().map_err(UpgradeError::Reboot)?;
+            outcome.rebooting = true;
+        }
+        Ok(outcome)
+    }
+
+    /// [`UpgradeSession::readback`] then [`UpgradeSession::activate`].
+    pub fn finish(mut self) -> Result<UpgradeOutcome, UpgradeError> {
+        self.readback()?;
+        self.activate()
+    }
+}
+
+impl Drop for UpgradeSession {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Some(p) = self.payload.as_mut() else {
+            return;
+        };
+        if p.poisoned || p.written_to <= p.persisted {
+            self.ctx.log(&format!(
+                "upgrade: interrupted; progress recorded at payload offset {}",
+                p.persisted
+            ));
+            return;
+        }
+        match p.checkpoint(&self.store) {
+            Ok(()) => self.ctx.log(&format!(
+                "upgrade: interrupted; progress recorded at payload offset {}",
+                p.written_to
+            )),
+            Err(e) => self.ctx.log(&format!(
+                "upgrade: interrupted; recording progress failed: {e}"
+            )),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! [`UpgradeContext`] over machined's [`Node`]: the stored configuration's `UpdateConfig`,
+//! the node's bootloader (behind its `Bootloader` trait), the reboot through
+//! `HostActions`, and the console log.
+
+use super::engine::UpgradeContext;
+use super::trust::UpdateTrust;
+use crate::node::Node;
+use basalt_bootloader::{BootStatus, BootloaderError, Slot};
+use std::sync::Arc;
+
+/// The engine's view of a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeContext(pub Arc<Node>);
+
+impl UpgradeContext for NodeContext {
+    fn trust(&self) -> Result<Option<UpdateTrust>, String> {
+        let Some(stored) = self.0.config.current().map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&stored.data);
+        UpdateTrust::from_config_yaml(&text)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    fn boot_status(&self) -> Result<BootStatus, BootloaderError> {
+        self.0
+            .boot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .status()
+    }
+
+    fn prepare_update(&self, target: Slot) -> Result<(), BootloaderError> {
+        self.0
+            .boot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .prepare_update(target)
+    }
+
+    fn activate(&self, target: Slot, tries: u32) -> Result<(), BootloaderError> {
+        self.0
+            .boot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .activate(target, tries)
+    }
+
+    fn reboot(&self) -> Result<(), String> {
+        self.0.host.reboot().map_err(|e| e.to_string())
+    }
+
+    fn log(&self, message: &str) {
+        crate::console(&self.0.state_dir, message);
+    }
+}
