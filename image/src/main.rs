@@ -32,6 +32,14 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Generate an Ed25519 key for signing update bundles (PKCS#8 PEM, mode 0600) and print
+    /// its public key as nodes trust it (UpdateConfig `trustedSigningKeys`), also written
+    /// to `<out>.pub`.
+    Keygen {
+        /// Where to write the private key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Build the disk image and slot image of a release for one board.
     Build {
         /// Board name (see `basalt-image boards`) or path to a board file.
@@ -113,6 +121,20 @@ fn boards(verbose: bool) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Boards { verbose } => boards(verbose),
+        Command::Keygen { out } => {
+            if out.exists() {
+                bail!("{} exists; not overwriting a signing key", out.display());
+            }
+            let key = basalt_image::bundle::generate_signing_key(&out)?;
+            let public = basalt_image::bundle::verifying_key_base64(&key.verifying_key());
+            let mut pub_path = out.into_os_string();
+            pub_path.push(".pub");
+            let pub_path = PathBuf::from(pub_path);
+            std::fs::write(&pub_path, format!("{public}\n"))
+                .with_context(|| format!("writing {}", pub_path.display()))?;
+            println!("publicKey: {public}");
+            Ok(())
+        }
         Command::GenSigningKey { out } => {
             let key = generate_signing_key(&out)?;
             println!("{}", verifying_key_base64(&key.verifying_key()));
