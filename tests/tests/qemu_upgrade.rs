@@ -51,6 +51,8 @@ fn upgrade_a_to_b_commit_then_back_to_a_and_rollback() {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-upgrade");
     std::fs::create_dir_all(&root).unwrap();
     let key_file = root.join("signing.pem");
+    // a fresh key each run (the generator refuses to overwrite one)
+    let _ = std::fs::remove_file(&key_file);
     let key = generate_signing_key(&key_file).unwrap();
     let machined = node_machined();
     let board = || Board::load("qemu-arm64").unwrap();
@@ -166,7 +168,10 @@ fn upgrade_a_to_b_commit_then_back_to_a_and_rollback() {
     assert!(status.starts_with("booted B next B"), "{status}");
     assert!(status.contains("committed true"), "{status}");
     let version = ok(ctl(Some(&client), &["version"]));
-    assert!(version.contains("upgrade-node"), "{version}");
+    assert!(
+        version.contains("basalt 2.0.0 (qemu-arm64, aarch64) machine upgrade-node"),
+        "{version}"
+    );
 
     // 2.0.0 (B) -> 1.0.0 back into A, which needs --allow-downgrade
     let o = ctl(Some(&client), &["upgrade", "--bundle", &s(&bundle(&v1))]);

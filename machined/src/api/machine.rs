@@ -82,10 +82,22 @@ impl MachineService for MachineApi {
             crate::api::ModeKind::Secure { machine_id, .. } => machine_id.clone(),
             crate::api::ModeKind::Maintenance { .. } => String::new(),
         };
+        // The release and board of the booted slot where the node knows them (the upgrade
+        // target: from the slot on a node, from --dev-version/--dev-board in dev mode).
+        let (version, board) = match self.node.upgrade.get() {
+            Some(engine) => (
+                engine.target().booted_version.clone(),
+                engine.target().board.clone(),
+            ),
+            None => (
+                env!("CARGO_PKG_VERSION").to_string(),
+                if self.node.dev { "dev" } else { "" }.to_string(),
+            ),
+        };
         Ok(Response::new(pb::VersionResponse {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version,
             git_commit: option_env!("BASALT_GIT_COMMIT").unwrap_or("").to_string(),
-            board: if self.node.dev { "dev" } else { "" }.to_string(),
+            board,
             arch: std::env::consts::ARCH.to_string(),
             maintenance: machine_id.is_empty(),
             machine_id,
