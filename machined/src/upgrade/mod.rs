@@ -22,10 +22,12 @@
 
 pub mod device;
 pub mod engine;
+pub mod error;
 pub mod fetch;
 pub mod node_context;
 pub mod progress;
 pub mod trust;
+pub mod types;
 pub mod version;
 
 pub use device::{SlotDevice, SlotDevices};
