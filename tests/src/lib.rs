@@ -336,3 +336,61 @@ pub fn ok(o: Output) -> String {
     assert!(o.status.success(), "{}", output_text(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// The maintenance-mode certificate fingerprint machined printed on `console`.
+pub fn maintenance_fingerprint(console: &str) -> String {
+    console
+        .split("fingerprint: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no fingerprint on the console:\n{console}"))
+        .to_string()
+}
+
+/// Files of a node's generated configuration.
+pub struct NodeConfig {
+    /// The machine configuration to apply.
+    pub machine_yaml: PathBuf,
+    /// basaltctl's client configuration (operator certificate, endpoint).
+    pub client_yaml: PathBuf,
+}
+
+/// `basaltctl gen secrets` (server certificate for 127.0.0.1) and `gen config` for
+/// `machine_id` at `endpoint`, into `dir/secrets` and `dir/cfg` (replacing earlier ones).
+pub fn gen_node_config(dir: &Path, machine_id: &str, endpoint: &str) -> NodeConfig {
+    let secrets = dir.join("secrets");
+    let cfg = dir.join("cfg");
+    let _ = std::fs::remove_dir_all(&secrets);
+    let _ = std::fs::remove_dir_all(&cfg);
+    let path = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
+    ok(ctl(
+        None,
+        &[
+            "gen",
+            "secrets",
+            "--out",
+            &path(&secrets),
+            "--san",
+            "127.0.0.1",
+        ],
+    ));
+    ok(ctl(
+        None,
+        &[
+            "gen",
+            "config",
+            "--secrets",
+            &path(&secrets),
+            "--machine-id",
+            machine_id,
+            "--endpoint",
+            endpoint,
+            "--out",
+            &path(&cfg),
+        ],
+    ));
+    NodeConfig {
+        machine_yaml: cfg.join("machine.yaml"),
+        client_yaml: cfg.join("basaltctl.yaml"),
+    }
+}

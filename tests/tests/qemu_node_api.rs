@@ -18,7 +18,8 @@
 
 use basalt_boards::Board;
 use basalt_tests::{
-    Qemu, build_image, ctl, free_port, node_machined, ok, output_text, require_qemu_arm64,
+    Qemu, build_image, ctl, free_port, gen_node_config, maintenance_fingerprint, node_machined, ok,
+    output_text, require_qemu_arm64,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -54,12 +55,7 @@ fn maintenance_then_configured_then_persistent() {
     qemu.expect("network up: eth0 10.0.2.15/24", Duration::from_secs(60));
     let console = qemu.console();
     assert!(console.contains("maintenance mode"), "{console}");
-    let fingerprint = console
-        .split("fingerprint: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no fingerprint on the console:\n{console}"))
-        .to_string();
+    let fingerprint = maintenance_fingerprint(&console);
     assert_eq!(fingerprint.len(), 64, "{fingerprint}");
     assert!(
         console.contains("boot backend: u-boot env /boot/uboot.env"),
@@ -68,37 +64,9 @@ fn maintenance_then_configured_then_persistent() {
     qemu.expect("slot A is committed", Duration::from_secs(30));
 
     // 2. configuration through the maintenance API, pinned by fingerprint
-    let dir = fx.dir.join("ctl");
-    let secrets = dir.join("secrets");
-    let cfg = dir.join("cfg");
-    ok(ctl(
-        None,
-        &[
-            "gen",
-            "secrets",
-            "--out",
-            &s(&secrets),
-            "--san",
-            "127.0.0.1",
-        ],
-    ));
-    ok(ctl(
-        None,
-        &[
-            "gen",
-            "config",
-            "--secrets",
-            &s(&secrets),
-            "--machine-id",
-            "qemu-node-1",
-            "--endpoint",
-            &endpoint,
-            "--out",
-            &s(&cfg),
-        ],
-    ));
-    let machine_yaml = s(&cfg.join("machine.yaml"));
-    let client = cfg.join("basaltctl.yaml");
+    let node_config = gen_node_config(&fx.dir.join("ctl"), "qemu-node-1", &endpoint);
+    let machine_yaml = s(&node_config.machine_yaml);
+    let client = node_config.client_yaml;
     let wrong = format!(
         "{}{}",
         &fingerprint[..63],

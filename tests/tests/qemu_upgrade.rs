@@ -11,7 +11,10 @@
 
 use basalt_boards::Board;
 use basalt_image::bundle::{generate_signing_key, verifying_key_base64};
-use basalt_tests::{Fixture, Qemu, build_image, ctl, free_port, node_machined, ok, output_text};
+use basalt_tests::{
+    Fixture, Qemu, build_image, ctl, free_port, gen_node_config, maintenance_fingerprint,
+    node_machined, ok, output_text,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -85,43 +88,9 @@ fn upgrade_a_to_b_commit_then_back_to_a_and_rollback() {
     // configure the 1.0.0 node, trusting the signing key
     let mut qemu = node.boot();
     let console = qemu.console();
-    let fingerprint = console
-        .split("fingerprint: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no fingerprint:\n{console}"))
-        .to_string();
-    let secrets = root.join("secrets");
-    let cfg = root.join("cfg");
-    let _ = std::fs::remove_dir_all(&secrets);
-    let _ = std::fs::remove_dir_all(&cfg);
-    ok(ctl(
-        None,
-        &[
-            "gen",
-            "secrets",
-            "--out",
-            &s(&secrets),
-            "--san",
-            "127.0.0.1",
-        ],
-    ));
-    ok(ctl(
-        None,
-        &[
-            "gen",
-            "config",
-            "--secrets",
-            &s(&secrets),
-            "--machine-id",
-            "upgrade-node",
-            "--endpoint",
-            &endpoint,
-            "--out",
-            &s(&cfg),
-        ],
-    ));
-    let machine_yaml = cfg.join("machine.yaml");
+    let fingerprint = maintenance_fingerprint(&console);
+    let node_config = gen_node_config(&root, "upgrade-node", &endpoint);
+    let machine_yaml = node_config.machine_yaml;
     let mut config = std::fs::read_to_string(&machine_yaml).unwrap();
     config.push_str(&format!(
         "---\napiVersion: basalt.dev/v1alpha1\nkind: UpdateConfig\nchannel: http://10.0.2.2/\ntrustedSigningKeys:\n  - {}\n",
@@ -141,7 +110,7 @@ fn upgrade_a_to_b_commit_then_back_to_a_and_rollback() {
             &s(&machine_yaml),
         ],
     ));
-    let client = cfg.join("basaltctl.yaml");
+    let client = node_config.client_yaml;
     let status = boot_status(&client);
     assert!(status.starts_with("booted A next A"), "{status}");
 
