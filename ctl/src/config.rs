@@ -1,10 +1,11 @@
 //! The files `basaltctl gen config` writes: the machine configuration for a node, and the
 //! client configuration `basaltctl.yaml`.
 //!
-//! The machine configuration is multi-document-ready YAML with `apiVersion`/`kind`; this
-//! module writes only what the API needs (see machined's `settings` module for the fields
-//! and `basalt-config` for the full schema to come). `basaltctl.yaml` holds named contexts:
-//! endpoints, the CA, and a client certificate and key (and optionally a bearer token).
+//! The machine configuration is `basalt-config`'s schema (multi-document YAML with
+//! `apiVersion`/`kind`): a `MachineConfig` with the node's hostname and API material, to
+//! which `--config-patch` patches (strategic merge or RFC 6902) are applied before the result
+//! is validated. `basaltctl.yaml` holds named contexts: endpoints, the CA, and a client
+//! certificate and key (and optionally a bearer token).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -102,24 +103,23 @@ impl ClientConfig {
 }
 
 /// A trusted token key for the machine configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenKeyEntry {
     /// The key id (`kid`).
     pub id: String,
     /// The raw Ed25519 public key, base64.
     pub public_key: String,
+    /// The audience its tokens must carry; `None` for the machine's hostname.
+    pub audience: Option<String>,
 }
 
 /// What goes into a machine configuration.
 #[derive(Debug, Clone)]
 pub struct MachineConfigInput {
-    /// Machine id (token audience).
-    pub machine_id: String,
-    /// Cluster id (also a token audience).
-    pub cluster_id: Option<String>,
-    /// Hostname to set.
-    pub hostname: Option<String>,
+    /// Hostname: the machine id (token audience, shown by Version).
+    pub hostname: String,
+    /// Cluster id (also a token audience for keys bound to it).
+    pub cluster: Option<String>,
     /// CA certificate, PEM.
     pub ca_pem: String,
     /// Server certificate, PEM.
@@ -130,53 +130,53 @@ pub struct MachineConfigInput {
     pub token_keys: Vec<TokenKeyEntry>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MachineDoc<'a> {
-    api_version: &'a str,
-    kind: &'a str,
-    machine: MachineSection<'a>,
-    api: ApiSection<'a>,
+/// Why a machine configuration could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineConfigError {
+    /// A patch does not parse or does not apply.
+    #[error("config patch: {0}")]
+    Patch(#[from] basalt_config::PatchError),
+    /// The result is not valid (every problem listed).
+    #[error("the generated configuration is invalid:\n{0}")]
+    Invalid(basalt_config::Validation),
+    /// The result could not be written as YAML.
+    #[error("encoding the configuration: {0}")]
+    Encode(#[from] basalt_config::EncodeError),
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MachineSection<'a> {
-    id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cluster_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hostname: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ApiSection<'a> {
-    ca: &'a str,
-    cert: &'a str,
-    key: &'a str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    token_keys: &'a [TokenKeyEntry],
-}
-
-/// The machine configuration YAML.
-pub fn render_machine_config(input: &MachineConfigInput) -> String {
-    let doc = MachineDoc {
-        api_version: "basalt.dev/v1alpha1",
-        kind: "MachineConfig",
-        machine: MachineSection {
-            id: &input.machine_id,
-            cluster_id: input.cluster_id.as_deref(),
-            hostname: input.hostname.as_deref(),
+/// The machine configuration YAML: the generated `MachineConfig`, then `patches` in
+/// order; the result must validate.
+pub fn render_machine_config(
+    input: &MachineConfigInput,
+    patches: &[basalt_config::Patch],
+) -> Result<String, MachineConfigError> {
+    use basalt_config::schema::{ApiConfig, MachineConfig, Secret, TokenKey};
+    let machine = MachineConfig {
+        hostname: input.hostname.clone(),
+        cluster: input.cluster.clone(),
+        api: ApiConfig {
+            ca: Some(input.ca_pem.clone()),
+            certificate: Some(input.cert_pem.clone()),
+            key: Some(Secret::new(input.key_pem.clone())),
+            trusted_token_keys: input
+                .token_keys
+                .iter()
+                .map(|k| TokenKey {
+                    id: k.id.clone(),
+                    public_key: k.public_key.clone(),
+                    audience: k.audience.clone().unwrap_or_else(|| input.hostname.clone()),
+                })
+                .collect(),
+            ..ApiConfig::default()
         },
-        api: ApiSection {
-            ca: &input.ca_pem,
-            cert: &input.cert_pem,
-            key: &input.key_pem,
-            token_keys: &input.token_keys,
-        },
+        ..MachineConfig::default()
     };
-    yaml_serde::to_string(&doc).unwrap_or_default()
+    let config = basalt_config::Config::new(machine).apply_patches(patches)?;
+    let validation = config.validate();
+    if !validation.is_ok() {
+        return Err(MachineConfigError::Invalid(validation));
+    }
+    Ok(config.to_yaml()?)
 }
 
 #[cfg(test)]
@@ -212,18 +212,47 @@ mod tests {
         );
     }
 
-    #[test]
-    fn machine_config_has_kind_and_pem_blocks() {
-        let yaml = render_machine_config(&MachineConfigInput {
-            machine_id: "node-1".into(),
-            cluster_id: None,
-            hostname: Some("node-1".into()),
-            ca_pem: "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n".into(),
-            cert_pem: "c".into(),
-            key_pem: "k".into(),
+    fn input() -> MachineConfigInput {
+        let s = crate::secrets::Secrets::generate(&["127.0.0.1".into()], 30).unwrap();
+        MachineConfigInput {
+            hostname: "node-1".into(),
+            cluster: None,
+            ca_pem: s.ca.cert_pem.clone(),
+            cert_pem: s.server.cert_pem.clone(),
+            key_pem: s.server.key_pem.clone(),
             token_keys: vec![],
-        });
+        }
+    }
+
+    #[test]
+    fn machine_config_is_valid_basalt_config() {
+        let yaml = render_machine_config(&input(), &[]).unwrap();
+        let config = basalt_config::Config::from_yaml(&yaml).unwrap();
+        assert!(config.validate().is_ok(), "{}", config.validate());
+        assert_eq!(config.machine.hostname, "node-1");
         assert!(yaml.contains("kind: MachineConfig"), "{yaml}");
         assert!(yaml.contains("-----BEGIN CERTIFICATE-----"), "{yaml}");
+    }
+
+    #[test]
+    fn patches_apply_and_invalid_results_are_refused() {
+        let merge = basalt_config::Patch::parse(
+            "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nsysctls:\n  vm.swappiness: \"10\"\n",
+        )
+        .unwrap();
+        let json = basalt_config::Patch::parse(
+            "- {op: replace, path: /MachineConfig/hostname, value: edge-2}\n",
+        )
+        .unwrap();
+        let yaml = render_machine_config(&input(), &[merge, json]).unwrap();
+        let config = basalt_config::Config::from_yaml(&yaml).unwrap();
+        assert_eq!(config.machine.hostname, "edge-2");
+        assert_eq!(config.machine.sysctls["vm.swappiness"], "10");
+        let bad = basalt_config::Patch::parse(
+            "- {op: replace, path: /MachineConfig/hostname, value: -bad-}\n",
+        )
+        .unwrap();
+        let err = render_machine_config(&input(), &[bad]).unwrap_err();
+        assert!(err.to_string().contains("MachineConfig.hostname"), "{err}");
     }
 }

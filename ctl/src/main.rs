@@ -6,6 +6,7 @@
 //! a non-zero exit code if any node failed; `-o json` for machines). Errors are printed
 //! with their whole cause chain.
 
+mod apply;
 mod render;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -69,6 +70,8 @@ enum Command {
     Version,
     /// Apply a machine configuration.
     ApplyConfig(ApplyArgs),
+    /// Patch the configuration each node runs (read, patch, validate, apply).
+    Patch(PatchArgs),
     /// Query the audit log of each node.
     Audit(AuditArgs),
     /// Reboot each node.
@@ -144,22 +147,25 @@ enum Gen {
         /// Directory written by `gen secrets`.
         #[arg(long)]
         secrets: PathBuf,
-        /// Machine id (also the token audience).
-        #[arg(long)]
-        machine_id: String,
-        /// Cluster id (also accepted as token audience).
-        #[arg(long)]
-        cluster_id: Option<String>,
-        /// Hostname of the node.
-        #[arg(long)]
-        hostname: Option<String>,
+        /// Hostname of the node: its machine id (token audience, shown by Version).
+        #[arg(long, alias = "machine-id")]
+        hostname: String,
+        /// Cluster id: names the client context when set.
+        #[arg(long, alias = "cluster-id")]
+        cluster: Option<String>,
+        /// A patch applied to the generated configuration, in order (repeatable): a strategic
+        /// merge patch (YAML documents with `kind`) or an RFC 6902 JSON patch (a list of
+        /// operations on `/MachineConfig/...`); `@FILE` reads it from a file.
+        #[arg(long = "config-patch")]
+        config_patches: Vec<String>,
         /// Node address(es) for the client configuration (repeatable).
         #[arg(long = "endpoint", required = true)]
         endpoints: Vec<String>,
         /// Role of the client certificate put into basaltctl.yaml.
         #[arg(long, default_value = "admin")]
         role: String,
-        /// Trusted token key `ID=BASE64PUBLICKEY` (repeatable).
+        /// Trusted token key `ID=BASE64PUBLICKEY[@AUDIENCE]` (repeatable); its tokens must
+        /// name AUDIENCE (default: the hostname).
         #[arg(long = "token-key")]
         token_keys: Vec<String>,
         /// Output directory (machine.yaml and basaltctl.yaml).
@@ -196,6 +202,23 @@ enum Gen {
         #[arg(long)]
         jti: Option<String>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct PatchArgs {
+    /// A patch, in order (repeatable): a strategic merge patch (YAML documents with `kind`)
+    /// or an RFC 6902 JSON patch (operations on `/MachineConfig/...`); `@FILE` reads a file.
+    #[arg(short = 'p', long = "patch", required = true)]
+    patches: Vec<String>,
+    /// How the configuration takes effect.
+    #[arg(long, value_enum, default_value_t = render::Mode::Auto)]
+    mode: render::Mode,
+    /// Only validate and show the diff.
+    #[arg(long)]
+    dry_run: bool,
+    /// For `--mode try`: seconds before the previous configuration is restored.
+    #[arg(long, default_value_t = 60)]
+    try_timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -296,6 +319,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 try_timeout: a.try_timeout,
             }
         }
+        Command::Patch(p) => Op::Patch {
+            patches: Arc::new(
+                p.patches
+                    .iter()
+                    .map(|t| read_patch(t))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
+            mode: p.mode,
+            dry_run: p.dry_run,
+            try_timeout: p.try_timeout,
+        },
         Command::Audit(a) => Op::Audit {
             since: a.since.clone(),
             rpc: a.rpc.clone(),
@@ -432,9 +466,9 @@ fn generate(g: &Gen) -> anyhow::Result<ExitCode> {
         }
         Gen::Config {
             secrets,
-            machine_id,
-            cluster_id,
             hostname,
+            cluster,
+            config_patches,
             endpoints,
             role,
             token_keys,
@@ -450,23 +484,36 @@ fn generate(g: &Gen) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|kv| {
                     kv.split_once('=')
-                        .map(|(id, key)| TokenKeyEntry {
-                            id: id.to_string(),
-                            public_key: key.to_string(),
+                        .map(|(id, key)| {
+                            let (key, audience) = match key.split_once('@') {
+                                Some((key, aud)) => (key, Some(aud.to_string())),
+                                None => (key, None),
+                            };
+                            TokenKeyEntry {
+                                id: id.to_string(),
+                                public_key: key.to_string(),
+                                audience,
+                            }
                         })
-                        .ok_or_else(|| anyhow!("--token-key {kv:?}: expected ID=BASE64"))
+                        .ok_or_else(|| anyhow!("--token-key {kv:?}: expected ID=BASE64[@AUDIENCE]"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let machine = basaltctl::config::render_machine_config(&MachineConfigInput {
-                machine_id: machine_id.clone(),
-                cluster_id: cluster_id.clone(),
-                hostname: hostname.clone(),
-                ca_pem: s.ca.cert_pem.clone(),
-                cert_pem: s.server.cert_pem.clone(),
-                key_pem: s.server.key_pem.clone(),
-                token_keys,
-            });
-            let name = cluster_id.clone().unwrap_or_else(|| machine_id.clone());
+            let patches = config_patches
+                .iter()
+                .map(|p| read_patch(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let machine = basaltctl::config::render_machine_config(
+                &MachineConfigInput {
+                    hostname: hostname.clone(),
+                    cluster: cluster.clone(),
+                    ca_pem: s.ca.cert_pem.clone(),
+                    cert_pem: s.server.cert_pem.clone(),
+                    key_pem: s.server.key_pem.clone(),
+                    token_keys,
+                },
+                &patches,
+            )?;
+            let name = cluster.clone().unwrap_or_else(|| hostname.clone());
             let client_config = ClientConfig {
                 context: name.clone(),
                 contexts: BTreeMap::from([(
@@ -527,4 +574,16 @@ fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
         bail!("{} exists (pass --force to overwrite)", path.display());
     }
     Ok(())
+}
+
+/// A `--config-patch` value: inline text, or `@FILE`.
+fn read_patch(arg: &str) -> anyhow::Result<basalt_config::Patch> {
+    let (text, origin) = match arg.strip_prefix('@') {
+        Some(file) => (
+            std::fs::read_to_string(file).with_context(|| format!("reading patch {file}"))?,
+            file.to_string(),
+        ),
+        None => (arg.to_string(), "inline patch".to_string()),
+    };
+    basalt_config::Patch::parse(&text).with_context(|| format!("{origin}: not a config patch"))
 }

@@ -24,7 +24,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn proto(self) -> pb::ApplyMode {
+    pub(crate) fn proto(self) -> pb::ApplyMode {
         match self {
             Mode::Auto => pb::ApplyMode::Auto,
             Mode::NoReboot => pb::ApplyMode::NoReboot,
@@ -44,6 +44,17 @@ pub enum Op {
     Apply {
         /// The configuration.
         data: Arc<Vec<u8>>,
+        /// The mode.
+        mode: Mode,
+        /// Validate and diff only.
+        dry_run: bool,
+        /// TRY timeout in seconds.
+        try_timeout: u64,
+    },
+    /// GetConfiguration, patched here, then ApplyConfiguration.
+    Patch {
+        /// The patches, in order.
+        patches: Arc<Vec<basalt_config::Patch>>,
         /// The mode.
         mode: Mode,
         /// Validate and diff only.
@@ -136,7 +147,7 @@ pub struct Rendered {
     pub json: Value,
 }
 
-fn status_err(rpc: &str, s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(rpc: &str, s: tonic::Status) -> anyhow::Error {
     anyhow!("{rpc}: {:?}: {}", s.code(), s.message())
 }
 
@@ -189,38 +200,13 @@ impl Op {
                 mode,
                 dry_run,
                 try_timeout,
-            } => {
-                let req = pb::ApplyConfigurationRequest {
-                    data: data.to_vec(),
-                    mode: mode.proto() as i32,
-                    dry_run,
-                    try_timeout: Some(prost_types::Duration {
-                        seconds: try_timeout as i64,
-                        nanos: 0,
-                    }),
-                };
-                let r = c
-                    .machine
-                    .apply_configuration(req)
-                    .await
-                    .map_err(|s| status_err("ApplyConfiguration", s))?
-                    .into_inner();
-                let mut text = r.message.clone();
-                for w in &r.warnings {
-                    write!(text, "\nwarning: {w}")?;
-                }
-                if dry_run && !r.diff.is_empty() {
-                    write!(text, "\n{}", r.diff.trim_end())?;
-                }
-                let mode_name = pb::ApplyMode::try_from(r.mode)
-                    .map(|m| m.as_str_name())
-                    .unwrap_or("?");
-                Ok(Rendered {
-                    text,
-                    json: json!({"message": r.message, "mode": mode_name, "warnings": r.warnings,
-                        "diff": r.diff, "version": r.version, "reboot": r.reboot}),
-                })
-            }
+            } => crate::apply::apply(&mut c, data.to_vec(), mode, dry_run, try_timeout).await,
+            Op::Patch {
+                patches,
+                mode,
+                dry_run,
+                try_timeout,
+            } => crate::apply::patch(&mut c, &patches, mode, dry_run, try_timeout).await,
             Op::Audit {
                 since,
                 rpc,

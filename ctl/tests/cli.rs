@@ -208,7 +208,7 @@ fn bootstrap_a_node_and_operate_it() {
         ],
     ));
     assert!(
-        dry.contains("dry run") && dry.contains("+machine:"),
+        dry.contains("dry run") && dry.contains("+hostname: node-1"),
         "{dry}"
     );
     let applied = ok(ctl(
@@ -238,6 +238,47 @@ fn bootstrap_a_node_and_operate_it() {
     let boot = ok(ctl(cfgp, &["boot-status"]));
     assert!(boot.starts_with("booted A next A"), "{boot}");
     assert!(ok(ctl(cfgp, &["reboot"])).contains("recorded"));
+
+    // Patch: read, patch (JSON patch, then strategic merge), validate, apply on trial.
+    let json_patch = "[{op: add, path: /MachineConfig/sysctls, value: {vm.swappiness: \"5\"}}]";
+    let dry = ok(ctl(cfgp, &["patch", "-p", json_patch, "--dry-run"]));
+    assert!(dry.contains("+sysctls:"), "{dry}");
+    let merge_file = d.join("merge.yaml");
+    std::fs::write(
+        &merge_file,
+        "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nsysctls:\n  net.ipv4.ip_forward: \"1\"\n",
+    )
+    .unwrap();
+    let tried = ok(ctl(
+        cfgp,
+        &[
+            "patch",
+            "-p",
+            json_patch,
+            "-p",
+            &format!("@{}", merge_file.display()),
+            "--mode",
+            "try",
+            "--try-timeout",
+            "600",
+        ],
+    ));
+    assert!(tried.contains("on trial for 600s"), "{tried}");
+    let broken = ctl(
+        cfgp,
+        &[
+            "patch",
+            "-p",
+            "[{op: replace, path: /MachineConfig/hostname, value: -x-}]",
+        ],
+    );
+    assert!(
+        !broken.status.success() && text(&broken).contains("MachineConfig.hostname"),
+        "{}",
+        text(&broken)
+    );
+    let confirmed = ok(ctl(cfgp, &["patch", "-p", "[]"]));
+    assert!(confirmed.contains("trial confirmed"), "{confirmed}");
 
     // Fan-out: one dead node fails alone, with a non-zero exit code and JSON per node.
     let dead = dead_addr();

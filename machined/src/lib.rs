@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod config_apply;
 pub mod early_boot;
 pub mod host;
 pub mod linux_host;

@@ -26,7 +26,8 @@ use basalt_bootloader::uboot_backend::UbootBootloader;
 use clap::Parser;
 use machined::early_boot::EarlyBoot;
 use machined::{
-    api, audit, console, host, linux_host, network, node, node_boot, settings, state, upgrade,
+    api, audit, config_apply, console, host, linux_host, network, node, node_boot, settings, state,
+    upgrade,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -148,18 +149,28 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
             &format!("staged configuration promoted to version {version}"),
         );
     }
+    if let Some((version, _)) = config.revert_trial()? {
+        console(
+            &state_dir,
+            &format!(
+                "a configuration trial was not confirmed before this start: previous configuration restored as version {version}"
+            ),
+        );
+    }
     let mut network_config = None;
     let mut hostname = None;
+    let mut machine_config = None;
     let api = match config.current()? {
         Some(stored) => {
-            let text = String::from_utf8_lossy(&stored.data);
-            match settings::network_config(&text) {
-                Ok(n) => network_config = n,
-                Err(e) => console(&state_dir, &format!("network configuration ignored: {e}")),
-            }
-            match settings::ApiSettings::from_yaml(&text) {
-                Ok((settings, _)) => {
+            let parsed = settings::parse_config(&stored.data).and_then(|(config, mut warnings)| {
+                let api = settings::ApiSettings::from_config(&config, &mut warnings)?;
+                Ok((config, api))
+            });
+            match parsed {
+                Ok((config, settings)) => {
+                    network_config = config.network.clone();
                     hostname = settings.hostname.clone();
+                    machine_config = Some(config);
                     Some(api::ApiControl::secure(&settings)?)
                 }
                 Err(e) => {
@@ -201,11 +212,6 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
                     early.boot_mount.clone(),
                 ],
             );
-            if let Some(name) = &hostname
-                && let Err(e) = host::HostActions::set_hostname(&host, name)
-            {
-                console(&state_dir, &format!("{e}"));
-            }
             start_network(&state_dir, network_config.clone(), hostname.clone());
             (Arc::new(host), node_boot_backend(&state_dir, early))
         }
@@ -226,6 +232,11 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         audit,
         api: Arc::new(api),
     }));
+    if let Some(config) = &machine_config {
+        for warning in config_apply::apply_machine(node.host.as_ref(), config) {
+            console(&state_dir, &warning);
+        }
+    }
     if let (Some(a), Some(b)) = (&args.dev_slot_a, &args.dev_slot_b) {
         for path in [a, b] {
             upgrade::device::ensure_slot_file(path, args.dev_slot_size)

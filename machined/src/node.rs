@@ -4,22 +4,32 @@
 //! does to the machine (store a configuration, switch the API to mutual TLS, reboot through
 //! [`HostActions`], read the boot state) happens here.
 //!
-//! Applying a configuration (minimal until `basalt-config` and the controllers land): the
-//! API settings are read and checked ([`ApiSettings`], a TLS server configuration is built
-//! from them), a diff against the current configuration is computed with private keys
-//! redacted, and then, unless it is a dry run, the configuration is stored atomically with
-//! history ([`ConfigStore`]) and applied: hostname through [`HostActions`], API switched to
-//! (or refreshed in) mutual TLS. Everything that can be applied today is applied live, so
-//! AUTO resolves to NO_REBOOT. TRY (auto-revert) is not implemented yet and says so.
+//! Applying a configuration: it is decoded strictly and validated by `basalt-config`
+//! ([`parse_config`]; any error refuses it, nothing is stored), its API settings are checked
+//! by building the TLS server configuration, a diff against the current configuration is
+//! computed with private keys redacted, and then, unless it is a dry run, the configuration
+//! is stored atomically with history ([`ConfigStore`]) and applied live
+//! ([`crate::config_apply`]): hostname, sysctls and kernel modules through [`HostActions`],
+//! the API switched to (or refreshed in) mutual TLS. Everything in a configuration is applied
+//! live or at the next boot (kernel arguments), so AUTO resolves to NO_REBOOT.
+//!
+//! TRY applies like NO_REBOOT but on trial: the configuration from before is kept, and
+//! unless another apply (any mode but TRY and STAGED, typically the same file again)
+//! confirms the trial within its timeout, the previous configuration is stored again as a
+//! new version and applied. A reboot before the confirmation ends the trial too: machined
+//! reverts at its next start. This is the safe way to change network or API settings on a
+//! remote node: a mistake that cuts the operator off undoes itself.
 
 use crate::api::ApiControl;
 use crate::audit::AuditLog;
 use crate::host::HostActions;
-use crate::settings::{ApiSettings, SettingsError, redact_private_keys};
+use crate::settings::{ApiSettings, SettingsError, parse_config, redact_private_keys};
 use crate::state::{ConfigStore, StateError, StoredConfig};
 use basalt_bootloader::{BootStatus, Bootloader, BootloaderError, Slot};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// How a configuration takes effect (mirrors `basalt.machine.v1.ApplyMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +42,11 @@ pub enum ApplyMode {
     Reboot,
     /// Store for the next boot.
     Staged,
-    /// Live on trial with auto-revert.
-    Try,
+    /// Live on trial: reverted after `timeout` unless confirmed.
+    Try {
+        /// How long the trial lasts.
+        timeout: Duration,
+    },
 }
 
 /// Why an operation failed.
@@ -64,6 +77,13 @@ impl From<SettingsError> for NodeError {
         NodeError::InvalidConfig(e.to_string())
     }
 }
+
+/// The shortest TRY trial accepted.
+pub const MIN_TRY_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest TRY trial accepted.
+pub const MAX_TRY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The TRY trial when the request names none.
+pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What an apply did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +126,9 @@ pub struct Node {
     pub upgrade: std::sync::OnceLock<Arc<crate::upgrade::UpgradeEngine>>,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
     apply_lock: tokio::sync::Mutex<()>,
+    /// Bumped by every apply that starts or ends a trial: a trial's revert timer acts only
+    /// if the generation is still the one it was started with.
+    trial_generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -151,19 +174,19 @@ impl Node {
             observer: crate::observe::Observer::new(),
             upgrade: std::sync::OnceLock::new(),
             apply_lock: tokio::sync::Mutex::new(()),
+            trial_generation: AtomicU64::new(0),
         }
     }
 
     /// Validates, diffs, stores and applies a configuration.
     pub async fn apply_config(
-        &self,
+        self: &Arc<Self>,
         data: &[u8],
         mode: ApplyMode,
         dry_run: bool,
     ) -> Result<ApplyOutcome, NodeError> {
-        let text = std::str::from_utf8(data)
-            .map_err(|e| NodeError::InvalidConfig(format!("not UTF-8: {e}")))?;
-        let (settings, warnings) = ApiSettings::from_yaml(text)?;
+        let (config, mut warnings) = parse_config(data)?;
+        let settings = ApiSettings::from_config(&config, &mut warnings)?;
         // Building the TLS configuration checks that the key matches the certificate.
         crate::api::tls::mtls_server_config(&settings)
             .map_err(|e| NodeError::InvalidConfig(e.to_string()))?;
@@ -173,18 +196,14 @@ impl Node {
             .as_ref()
             .map(|c| String::from_utf8_lossy(&c.data).into_owned())
             .unwrap_or_default();
+        let text = String::from_utf8_lossy(data);
         let diff =
-            similar::TextDiff::from_lines(redact_private_keys(&old), redact_private_keys(text))
+            similar::TextDiff::from_lines(redact_private_keys(&old), redact_private_keys(&text))
                 .unified_diff()
                 .header("current", "new")
                 .to_string();
         let resolved = match mode {
             ApplyMode::Auto => ApplyMode::NoReboot,
-            ApplyMode::Try => {
-                return Err(NodeError::Unimplemented(
-                    "APPLY_MODE_TRY (trial with auto-revert)".into(),
-                ));
-            }
             m => m,
         };
         let mut outcome = ApplyOutcome {
@@ -195,6 +214,19 @@ impl Node {
             version: 0,
             reboot: false,
         };
+        if let ApplyMode::Try { timeout } = resolved
+            && !(MIN_TRY_TIMEOUT..=MAX_TRY_TIMEOUT).contains(&timeout)
+        {
+            return Err(NodeError::InvalidConfig(format!(
+                "try timeout {timeout:?} is out of range ({MIN_TRY_TIMEOUT:?} to {MAX_TRY_TIMEOUT:?})"
+            )));
+        }
+        if matches!(resolved, ApplyMode::Try { .. }) && current.is_none() {
+            return Err(NodeError::InvalidConfig(
+                "APPLY_MODE_TRY needs a configuration to go back to; apply the first one with AUTO"
+                    .into(),
+            ));
+        }
         if dry_run {
             outcome.message = "dry run: nothing stored or changed".into();
             return Ok(outcome);
@@ -204,35 +236,77 @@ impl Node {
             outcome.message = "staged: takes effect at the next boot".into();
             return Ok(outcome);
         }
-        outcome.version = self.config.store(data)?;
-        if let Some(hostname) = &settings.hostname {
-            self.host.set_hostname(hostname)?;
+        let mut notes = Vec::new();
+        if let ApplyMode::Try { timeout } = resolved {
+            let previous = current.map(|c| c.data).unwrap_or_default();
+            outcome.version = self.config.store_trial(data, &previous)?;
+            let generation = self.trial_generation.fetch_add(1, Ordering::SeqCst) + 1;
+            let node = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                node.revert_trial(generation, timeout).await;
+            });
+            notes.push(format!(
+                "on trial for {}s: reverted unless confirmed by applying it again",
+                timeout.as_secs()
+            ));
+        } else {
+            outcome.version = self.config.store(data)?;
+            if self.config.trial()?.is_some() {
+                self.config.end_trial()?;
+                self.trial_generation.fetch_add(1, Ordering::SeqCst);
+                notes.push("configuration trial confirmed".into());
+            }
         }
         let was_maintenance = self.api.is_maintenance();
-        let restarted = self
-            .api
-            .switch_to_secure(&settings)
-            .map_err(|e| NodeError::InvalidConfig(e.to_string()))?;
+        let live =
+            crate::config_apply::apply_live(self.host.as_ref(), &self.api, &config, &settings);
+        outcome.warnings.extend(live.warnings);
         outcome.message = format!("stored as version {}", outcome.version);
         if was_maintenance {
-            outcome
-                .message
-                .push_str("; maintenance mode ended, the API now requires mutual TLS");
+            notes.push("maintenance mode ended, the API now requires mutual TLS".into());
             crate::console(
                 &self.state_dir,
                 "configuration applied: maintenance mode ended, API switched to mutual TLS",
             );
-        } else if restarted {
-            outcome
-                .message
-                .push_str("; API TLS settings changed, listener restarted");
+        } else if live.api_restarted {
+            notes.push("API TLS settings changed, listener restarted".into());
         }
         if resolved == ApplyMode::Reboot {
             self.host.reboot()?;
             outcome.reboot = true;
-            outcome.message.push_str("; rebooting");
+            notes.push("rebooting".into());
         }
-        Ok(outcome)
+        for note in notes {
+            outcome.message.push_str("; ");
+            outcome.message.push_str(&note);
+        }
+        live.api_error.map_or(Ok(outcome), Err)
+    }
+
+    /// Ends the trial started as `generation` by restoring the previous configuration, if
+    /// no apply confirmed or replaced it meanwhile.
+    async fn revert_trial(&self, generation: u64, timeout: Duration) {
+        let _guard = self.apply_lock.lock().await;
+        if self.trial_generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        let message = match self.config.revert_trial() {
+            Ok(Some((version, data))) => {
+                match crate::config_apply::apply_stored(self.host.as_ref(), &self.api, &data) {
+                    Ok(()) => format!(
+                        "configuration trial not confirmed within {}s: previous configuration restored as version {version}",
+                        timeout.as_secs()
+                    ),
+                    Err(e) => format!(
+                        "configuration trial not confirmed: previous configuration stored as version {version} but not applied: {e}"
+                    ),
+                }
+            }
+            Ok(None) => return,
+            Err(e) => format!("configuration trial could not be reverted: {e}"),
+        };
+        crate::console(&self.state_dir, &message);
     }
 
     /// The current configuration and the staged one.

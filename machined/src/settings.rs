@@ -1,57 +1,56 @@
-//! The parts of the machine configuration the API needs: machine identity, TLS material
-//! and trusted token keys.
-//!
-//! The full configuration schema (strict decoding, validation) belongs to `basalt-config`,
-//! which does not expose these settings yet; until it does, machined reads only what it
-//! needs, leniently (unknown fields are left to the config crate), from the first YAML
-//! document of kind `MachineConfig` (or the only document):
+//! The machine configuration as machined reads it: decoded strictly and validated by
+//! `basalt-config` (the one schema shared with basaltctl and basalt-flash), then turned into
+//! what the API needs ([`ApiSettings`]: identity, TLS material, trusted token keys).
 //!
 //! ```yaml
 //! apiVersion: basalt.dev/v1alpha1
 //! kind: MachineConfig
-//! machine:
-//!   id: node-1            # required: token audience, shown by Version
-//!   clusterId: lab        # optional: also accepted as token audience
-//!   hostname: node-1      # optional: set through HostActions
+//! hostname: node-1          # the machine id: token audience, shown by Version
+//! cluster: lab              # optional: also accepted as token audience
 //! api:
-//!   ca: |                 # PEM: the CA that signs client (and server) certificates
-//!   cert: |               # PEM: this node's server certificate (chain)
-//!   key: |                # PEM: its private key
-//!   tokenKeys:            # optional: Ed25519 keys trusted for bearer tokens
-//!     - id: ci            # the JWT `kid`
+//!   ca: |                   # PEM: the CA that signs client (and server) certificates
+//!   certificate: |          # PEM: this node's server certificate (chain)
+//!   key: |                  # PEM: its private key
+//!   trustedTokenKeys:       # optional: Ed25519 keys trusted for bearer tokens
+//!     - id: ci              # the JWT `kid`
 //!       publicKey: 11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=   # base64, raw 32 bytes
+//!       audience: node-1    # the `aud` its tokens must carry
 //! ```
 //!
-//! A configuration without the `api` section is refused: applying it would leave the node
-//! with no way to authenticate anyone.
+//! [`parse_config`] refuses a configuration with any decoding error (named with its line
+//! and column) or validation error (all of them at once), so a malformed configuration never
+//! reaches the store. A configuration without API certificates is refused too: applying it
+//! would leave the node with no way to authenticate anyone.
 
-use base64::Engine;
+use basalt_config::Config;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
 
-/// Why a configuration's API settings were refused.
+/// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// The configuration is not UTF-8 YAML.
+    /// The configuration is not UTF-8.
+    #[error("machine config is not UTF-8: {0}")]
+    NotUtf8(std::str::Utf8Error),
+    /// Strict decoding failed (unknown field, wrong type, bad YAML): line and column named.
     #[error("machine config: {0}")]
-    Yaml(String),
-    /// No document of kind `MachineConfig`.
-    #[error("machine config: no document of kind MachineConfig")]
-    NoMachineConfig,
+    Decode(#[from] basalt_config::DecodeError),
+    /// Validation found errors; every one is listed.
+    #[error("machine config has {} error(s):\n{}", .0.len(), .0.join("\n"))]
+    Invalid(Vec<String>),
     /// A required field is missing or empty.
-    #[error("machine config: {0} is required")]
+    #[error("machine config: {0} is required (the API needs a CA, a certificate and its key)")]
     Missing(&'static str),
     /// A PEM field does not hold what it should.
     #[error("machine config: {field}: {message}")]
     Pem {
-        /// The field, e.g. `api.cert`.
+        /// The field, e.g. `MachineConfig.api.certificate`.
         field: &'static str,
         /// What is wrong.
         message: String,
     },
-    /// A trusted token key is not a base64 raw Ed25519 public key.
-    #[error("machine config: api.tokenKeys[{index}] (id {id:?}): {message}")]
+    /// A trusted token key is not a usable Ed25519 public key.
+    #[error("machine config: MachineConfig.api.trustedTokenKeys[{index}] (id {id:?}): {message}")]
     TokenKey {
         /// Position in the list.
         index: usize,
@@ -62,36 +61,19 @@ pub enum SettingsError {
     },
 }
 
-#[derive(Debug, Deserialize)]
-struct Document {
-    kind: Option<String>,
-    machine: Option<MachineSection>,
-    api: Option<ApiSection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MachineSection {
-    id: Option<String>,
-    cluster_id: Option<String>,
-    hostname: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ApiSection {
-    ca: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-    #[serde(default)]
-    token_keys: Vec<TokenKeySection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TokenKeySection {
-    id: String,
-    public_key: String,
+/// Decodes and validates a configuration; returns it with its warnings
+/// (`<path>: <message>`). Any error refuses the whole configuration.
+pub fn parse_config(data: &[u8]) -> Result<(Config, Vec<String>), SettingsError> {
+    let text = std::str::from_utf8(data).map_err(SettingsError::NotUtf8)?;
+    let config = Config::from_yaml(text)?;
+    let validation = config.validate();
+    if !validation.is_ok() {
+        return Err(SettingsError::Invalid(
+            validation.errors.iter().map(|i| i.to_string()).collect(),
+        ));
+    }
+    let warnings = validation.warnings.iter().map(|i| i.to_string()).collect();
+    Ok((config, warnings))
 }
 
 /// An Ed25519 key trusted to sign bearer tokens.
@@ -101,15 +83,17 @@ pub struct TrustedTokenKey {
     pub id: String,
     /// The raw 32-byte public key.
     pub public_key: [u8; 32],
+    /// The audience its tokens must carry; `None` accepts the machine's and cluster's ids.
+    pub audience: Option<String>,
 }
 
 /// The API settings of a machine configuration.
 pub struct ApiSettings {
-    /// The machine id (token audience).
+    /// The machine id (the hostname; token audience).
     pub machine_id: String,
     /// The cluster id, also accepted as token audience.
     pub cluster_id: Option<String>,
-    /// The hostname to set, if any.
+    /// The hostname to set.
     pub hostname: Option<String>,
     /// CA certificates trusted for client certificates.
     pub ca: Vec<CertificateDer<'static>>,
@@ -135,7 +119,7 @@ impl std::fmt::Debug for ApiSettings {
     }
 }
 
-fn required(value: Option<String>, field: &'static str) -> Result<String, SettingsError> {
+fn required<'a>(value: Option<&'a str>, field: &'static str) -> Result<&'a str, SettingsError> {
     value
         .filter(|v| !v.trim().is_empty())
         .ok_or(SettingsError::Missing(field))
@@ -164,70 +148,68 @@ fn certs(pem: &str, field: &'static str) -> Result<Vec<CertificateDer<'static>>,
 }
 
 impl ApiSettings {
-    /// Reads the API settings from a machine configuration; also returns warnings.
+    /// Reads, decodes and validates a configuration and takes its API settings; also
+    /// returns the validation warnings.
     pub fn from_yaml(text: &str) -> Result<(Self, Vec<String>), SettingsError> {
-        let mut docs = Vec::new();
-        for de in yaml_serde::Deserializer::from_str(text) {
-            let doc = Document::deserialize(de).map_err(|e| SettingsError::Yaml(e.to_string()))?;
-            docs.push(doc);
-        }
-        let single = docs.len() == 1;
-        let doc = docs
-            .into_iter()
-            .find(|d| single || d.kind.as_deref() == Some("MachineConfig"))
-            .ok_or(SettingsError::NoMachineConfig)?;
-        let machine = doc.machine.ok_or(SettingsError::Missing("machine"))?;
-        let api = doc.api.ok_or(SettingsError::Missing("api"))?;
-        let mut warnings = Vec::new();
-        let ca = certs(&required(api.ca, "api.ca")?, "api.ca")?;
-        let cert_chain = certs(&required(api.cert, "api.cert")?, "api.cert")?;
-        let key = PrivateKeyDer::from_pem_slice(required(api.key, "api.key")?.as_bytes()).map_err(
-            |e| SettingsError::Pem {
-                field: "api.key",
-                message: e.to_string(),
-            },
+        let (config, mut warnings) = parse_config(text.as_bytes())?;
+        let settings = Self::from_config(&config, &mut warnings)?;
+        Ok((settings, warnings))
+    }
+
+    /// The API settings of a decoded, validated configuration; warnings are appended to
+    /// `warnings`.
+    pub fn from_config(config: &Config, warnings: &mut Vec<String>) -> Result<Self, SettingsError> {
+        let machine = &config.machine;
+        let api = &machine.api;
+        let ca = certs(
+            required(api.ca.as_deref(), "MachineConfig.api.ca")?,
+            "MachineConfig.api.ca",
         )?;
+        let cert_chain = certs(
+            required(api.certificate.as_deref(), "MachineConfig.api.certificate")?,
+            "MachineConfig.api.certificate",
+        )?;
+        let key_pem = required(
+            api.key.as_ref().map(|k| k.expose()),
+            "MachineConfig.api.key",
+        )?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| SettingsError::Pem {
+                field: "MachineConfig.api.key",
+                message: e.to_string(),
+            })?;
         if let Some(days) = days_left(&cert_chain[0])
             && days < 30
         {
             warnings.push(format!(
-                "api.cert expires in {days} days: renew it before clients are locked out"
+                "MachineConfig.api.certificate: expires in {days} days: renew it before clients are locked out"
             ));
         }
         let mut token_keys = Vec::new();
-        for (index, k) in api.token_keys.into_iter().enumerate() {
-            let err = |message: String| SettingsError::TokenKey {
-                index,
-                id: k.id.clone(),
-                message,
-            };
-            if k.id.is_empty() {
-                return Err(err("id is empty".into()));
-            }
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(k.public_key.trim())
-                .map_err(|e| err(format!("publicKey is not base64: {e}")))?;
-            let public_key: [u8; 32] = raw
-                .try_into()
-                .map_err(|v: Vec<u8>| err(format!("publicKey has {} bytes, want 32", v.len())))?;
-            if token_keys.iter().any(|t: &TrustedTokenKey| t.id == k.id) {
-                return Err(err("duplicate id".into()));
-            }
+        for (index, k) in api.trusted_token_keys.iter().enumerate() {
+            let public_key =
+                basalt_config::keys::parse_ed25519_public_key(&k.public_key).map_err(|e| {
+                    SettingsError::TokenKey {
+                        index,
+                        id: k.id.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
             token_keys.push(TrustedTokenKey {
-                id: k.id,
+                id: k.id.clone(),
                 public_key,
+                audience: Some(k.audience.clone()).filter(|a| !a.is_empty()),
             });
         }
-        let settings = ApiSettings {
-            machine_id: required(machine.id, "machine.id")?,
-            cluster_id: machine.cluster_id.filter(|c| !c.is_empty()),
-            hostname: machine.hostname.filter(|h| !h.is_empty()),
+        Ok(ApiSettings {
+            machine_id: machine.hostname.clone(),
+            cluster_id: machine.cluster.clone().filter(|c| !c.is_empty()),
+            hostname: Some(machine.hostname.clone()).filter(|h| !h.is_empty()),
             ca,
             cert_chain,
             key,
             token_keys,
-        };
-        Ok((settings, warnings))
+        })
     }
 }
 
@@ -265,44 +247,48 @@ pub fn redact_private_keys(text: &str) -> String {
     out
 }
 
-/// The `NetworkConfig` document of a configuration, if it has one, decoded strictly with
-/// `basalt-config`'s schema (`apiVersion` and `kind` aside).
-pub fn network_config(
-    text: &str,
-) -> Result<Option<basalt_config::schema::NetworkConfig>, SettingsError> {
-    for de in yaml_serde::Deserializer::from_str(text) {
-        let mut value =
-            yaml_serde::Value::deserialize(de).map_err(|e| SettingsError::Yaml(e.to_string()))?;
-        let Some(map) = value.as_mapping_mut() else {
-            continue;
-        };
-        if map.get("kind").and_then(|k| k.as_str()) != Some("NetworkConfig") {
-            continue;
-        }
-        map.remove("kind");
-        map.remove("apiVersion");
-        return yaml_serde::from_value(value)
-            .map(Some)
-            .map_err(|e| SettingsError::Yaml(format!("NetworkConfig: {e}")));
-    }
-    Ok(None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const HEAD: &str = "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\n";
+
     #[test]
-    fn missing_api_section_is_refused() {
-        let err = ApiSettings::from_yaml("kind: MachineConfig\nmachine:\n  id: n1\n").unwrap_err();
-        assert!(err.to_string().contains("api is required"), "{err}");
+    fn missing_api_material_is_refused() {
+        let err = ApiSettings::from_yaml(&format!("{HEAD}hostname: n1\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("MachineConfig.api.ca is required"),
+            "{err}"
+        );
     }
 
     #[test]
-    fn bad_pem_names_the_field() {
-        let yaml = "machine: {id: n1}\napi: {ca: nope, cert: nope, key: nope}\n";
-        let err = ApiSettings::from_yaml(yaml).unwrap_err();
-        assert!(err.to_string().contains("api.ca"), "{err}");
+    fn unknown_field_names_line_and_column() {
+        let err = parse_config(format!("{HEAD}hostname: n1\nhostnme: typo\n").as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hostnme"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn every_validation_error_is_listed() {
+        let text =
+            format!("{HEAD}hostname: -bad-\nsysctls:\n  swappiness: \"1\"\napi:\n  ca: nope\n");
+        let err = parse_config(text.as_bytes()).unwrap_err().to_string();
+        for needle in [
+            "MachineConfig.hostname",
+            "MachineConfig.sysctls",
+            "MachineConfig.api",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn not_utf8_is_refused() {
+        let err = parse_config(&[0xff, 0xfe]).unwrap_err();
+        assert!(matches!(err, SettingsError::NotUtf8(_)), "{err}");
     }
 
     #[test]
@@ -310,18 +296,5 @@ mod tests {
         let text = "a: 1\nkey: |\n  -----BEGIN PRIVATE KEY-----\n  abc\n  -----END PRIVATE KEY-----\nb: 2\n";
         let red = redact_private_keys(text);
         assert_eq!(red, "a: 1\nkey: |\n  <redacted private key>\nb: 2\n");
-    }
-
-    #[test]
-    fn network_document() {
-        let text = "kind: MachineConfig\nmachine: {id: n}\n---\napiVersion: basalt.dev/v1alpha1\nkind: NetworkConfig\ninterfaces:\n  - name: eth0\n    dhcp: true\nnameservers: [9.9.9.9]\n";
-        let net = network_config(text).unwrap().unwrap();
-        assert_eq!(net.interfaces[0].name, "eth0");
-        assert_eq!(net.nameservers, ["9.9.9.9"]);
-        assert!(network_config("kind: MachineConfig\n").unwrap().is_none());
-        let e = network_config("kind: NetworkConfig\nbogus: 1\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("bogus"), "{e}");
     }
 }

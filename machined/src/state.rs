@@ -187,6 +187,81 @@ impl ConfigStore {
     }
 }
 
+/// A configuration trial (APPLY_MODE_TRY) recorded on disk: the configuration to go back
+/// to unless the trial is confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trial {
+    /// The configuration that was current before the trial.
+    pub previous: Vec<u8>,
+    /// The version of the configuration on trial.
+    pub version: u64,
+}
+
+impl ConfigStore {
+    fn trial_path(&self) -> PathBuf {
+        self.dir.join("trial-previous.yaml")
+    }
+
+    fn trial_version_path(&self) -> PathBuf {
+        self.dir.join("trial-version")
+    }
+
+    /// Stores `data` as the current configuration on trial: `previous` is kept until
+    /// [`ConfigStore::end_trial`] (confirmed) or [`ConfigStore::revert_trial`]. The record is
+    /// written before the new configuration, so a power cut in between leaves either no
+    /// trial (the old configuration current) or a trial that the next start reverts.
+    pub fn store_trial(&self, data: &[u8], previous: &[u8]) -> Result<u64, StateError> {
+        // A trial started while another is pending keeps the configuration from before the
+        // first: that is the last one somebody confirmed.
+        if self.trial()?.is_none() {
+            write_atomic(&self.trial_path(), previous)?;
+        }
+        let version = self.store(data)?;
+        write_atomic(&self.trial_version_path(), version.to_string().as_bytes())?;
+        Ok(version)
+    }
+
+    /// The pending trial, if any.
+    pub fn trial(&self) -> Result<Option<Trial>, StateError> {
+        let Some(previous) = read_optional(&self.trial_path())? else {
+            return Ok(None);
+        };
+        let version = read_optional(&self.trial_version_path())?
+            .and_then(|v| String::from_utf8_lossy(&v).trim().parse().ok())
+            .unwrap_or(0);
+        Ok(Some(Trial { previous, version }))
+    }
+
+    /// Confirms a pending trial: the configuration on trial stays.
+    pub fn end_trial(&self) -> Result<(), StateError> {
+        for path in [self.trial_version_path(), self.trial_path()] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(&path)(e)),
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Ends a pending trial by storing the configuration from before it as a new version;
+    /// returns that version and the configuration, or `None` when no trial was pending.
+    pub fn revert_trial(&self) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        let Some(trial) = self.trial()? else {
+            return Ok(None);
+        };
+        let version = self.store(&trial.previous)?;
+        self.end_trial()?;
+        Ok(Some((version, trial.previous)))
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err(dir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,10 +132,10 @@ async fn implemented_rpcs_answer_with_real_data() {
         .await
         .unwrap()
         .into_inner();
-    assert!(d.diff.contains("+  hostname: node-one"), "{}", d.diff);
+    assert!(d.diff.contains("+hostname: node-one"), "{}", d.diff);
     assert!(!d.diff.contains("PRIVATE KEY"), "{}", d.diff);
     assert_eq!(d.version, 0);
-    // A real apply stores version 2; TRY is refused as not implemented.
+    // A real apply stores version 2.
     let a = c
         .machine
         .apply_configuration(pb::ApplyConfigurationRequest {
@@ -147,28 +147,18 @@ async fn implemented_rpcs_answer_with_real_data() {
         .unwrap()
         .into_inner();
     assert_eq!(a.version, 2, "{}", a.message);
-    let t = c
-        .machine
-        .apply_configuration(pb::ApplyConfigurationRequest {
-            data: changed.into_bytes(),
-            mode: pb::ApplyMode::Try as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(t.code(), Code::Unimplemented);
     // An invalid configuration is refused with the field named.
     let bad = c
         .machine
         .apply_configuration(pb::ApplyConfigurationRequest {
-            data: b"machine: {id: n}\n".to_vec(),
+            data: b"apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: n\nmachine: {id: n}\n".to_vec(),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(
-        bad.message().contains("api is required"),
+        bad.message().contains("machine") && bad.message().contains("line 4"),
         "{}",
         bad.message()
     );
@@ -201,10 +191,20 @@ async fn bearer_tokens_are_checked_and_decide_alone() {
         reboot(sign("node-1", "role:operator", now() + 600, "ok-1")).await,
         Code::Ok
     );
-    // The cluster id is an accepted audience.
+    // A key bound to the cluster accepts the cluster id as audience, and only it.
+    let fleet = |aud: &str, jti: &str| {
+        key.sign(
+            "fleet",
+            &[aud.to_string()],
+            &["role:operator".to_string()],
+            now() + 600,
+            jti,
+        )
+    };
+    assert_eq!(reboot(fleet("lab", "ok-2")).await, Code::Ok);
     assert_eq!(
-        reboot(sign("lab", "role:operator", now() + 600, "ok-2")).await,
-        Code::Ok
+        reboot(fleet("node-1", "fleet-machine")).await,
+        Code::Unauthenticated
     );
     // An RPC scope grants that RPC only.
     let version_only = sign(
@@ -296,7 +296,7 @@ async fn bearer_tokens_are_checked_and_decide_alone() {
         .iter()
         .filter(|e| e.result == "UNAUTHENTICATED")
         .collect();
-    assert_eq!(refused.len(), 6, "{entries:#?}");
+    assert_eq!(refused.len(), 7, "{entries:#?}");
     assert!(
         refused
             .iter()

@@ -59,7 +59,7 @@ fn mode_to_proto(m: ApplyMode) -> i32 {
         ApplyMode::NoReboot => pb::ApplyMode::NoReboot,
         ApplyMode::Reboot => pb::ApplyMode::Reboot,
         ApplyMode::Staged => pb::ApplyMode::Staged,
-        ApplyMode::Try => pb::ApplyMode::Try,
+        ApplyMode::Try { .. } => pb::ApplyMode::Try,
     }) as i32
 }
 
@@ -114,7 +114,14 @@ impl MachineService for MachineApi {
             Ok(pb::ApplyMode::NoReboot) => ApplyMode::NoReboot,
             Ok(pb::ApplyMode::Reboot) => ApplyMode::Reboot,
             Ok(pb::ApplyMode::Staged) => ApplyMode::Staged,
-            Ok(pb::ApplyMode::Try) => ApplyMode::Try,
+            Ok(pb::ApplyMode::Try) => ApplyMode::Try {
+                timeout: match &r.try_timeout {
+                    None => crate::node::DEFAULT_TRY_TIMEOUT,
+                    Some(d) => std::time::Duration::try_from(*d).map_err(|_| {
+                        Status::invalid_argument(format!("try_timeout {d:?} is negative"))
+                    })?,
+                },
+            },
             Err(_) => {
                 return Err(Status::invalid_argument(format!(
                     "unknown apply mode {}",

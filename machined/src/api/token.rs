@@ -69,8 +69,9 @@ pub enum TokenError {
         /// The current time.
         now: u64,
     },
-    /// The audience names neither this machine nor its cluster.
-    #[error("token audience {got:?} names neither this machine nor its cluster ({want:?})")]
+    /// The audience is not one this key's tokens may carry (the key's configured audience,
+    /// or else this machine's or its cluster's id).
+    #[error("token audience {got:?} is not accepted here (want one of {want:?})")]
     Audience {
         /// The token's audiences.
         got: Vec<String>,
@@ -224,10 +225,16 @@ impl TokenVerifier {
             return Err(TokenError::NotYetValid { nbf, now });
         }
         let aud = claims.aud.map(|a| a.into_vec(false)).unwrap_or_default();
-        if !aud.iter().any(|a| self.audiences.contains(a)) {
+        // A key bound to an audience in the config accepts only that audience; otherwise the
+        // machine's and cluster's ids.
+        let want = match &key.audience {
+            Some(audience) => std::slice::from_ref(audience),
+            None => self.audiences.as_slice(),
+        };
+        if !aud.iter().any(|a| want.contains(a)) {
             return Err(TokenError::Audience {
                 got: aud,
-                want: self.audiences.clone(),
+                want: want.to_vec(),
             });
         }
         let scopes = claims
@@ -273,10 +280,18 @@ mod tests {
     fn verifier() -> TokenVerifier {
         let public_key: [u8; 32] = key(1).public_key().as_ref().try_into().unwrap();
         TokenVerifier::new(
-            vec![TrustedTokenKey {
-                id: "ci".into(),
-                public_key,
-            }],
+            vec![
+                TrustedTokenKey {
+                    id: "ci".into(),
+                    public_key,
+                    audience: None,
+                },
+                TrustedTokenKey {
+                    id: "fleet".into(),
+                    public_key,
+                    audience: Some("fleet-7".into()),
+                },
+            ],
             vec!["node-1".into(), "lab".into()],
         )
     }
@@ -325,6 +340,15 @@ mod tests {
         let wrong_aud = sign(&key(1), HEADER, &claims(NOW + 60, r#""node-2""#));
         assert!(matches!(
             v.verify(&wrong_aud, NOW),
+            Err(TokenError::Audience { .. })
+        ));
+        // A key bound to an audience accepts only it, not the machine's id.
+        let fleet = r#"{"alg":"EdDSA","kid":"fleet"}"#;
+        let bound = sign(&key(1), fleet, &claims(NOW + 60, r#""fleet-7""#));
+        assert!(v.verify(&bound, NOW).is_ok());
+        let machine_aud = sign(&key(1), fleet, &claims(NOW + 60, r#""node-1""#));
+        assert!(matches!(
+            v.verify(&machine_aud, NOW),
             Err(TokenError::Audience { .. })
         ));
         let no_exp = sign(&key(1), HEADER, r#"{"aud":"node-1","scope":"role:admin"}"#);

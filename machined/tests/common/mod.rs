@@ -122,18 +122,29 @@ impl Fixture {
             clients.push((name, ca.issue_client(name, &[org], 30).unwrap()));
         }
         let token_key = TokenKey::generate().unwrap();
-        let config_yaml = render_machine_config(&MachineConfigInput {
-            machine_id: "node-1".into(),
-            cluster_id: Some("lab".into()),
-            hostname: Some("node-1".into()),
-            ca_pem: ca.pem().cert_pem,
-            cert_pem: server.cert_pem.clone(),
-            key_pem: server.key_pem.clone(),
-            token_keys: vec![TokenKeyEntry {
-                id: "ci".into(),
-                public_key: token_key.public_key_base64(),
-            }],
-        });
+        let config_yaml = render_machine_config(
+            &MachineConfigInput {
+                hostname: "node-1".into(),
+                cluster: Some("lab".into()),
+                ca_pem: ca.pem().cert_pem,
+                cert_pem: server.cert_pem.clone(),
+                key_pem: server.key_pem.clone(),
+                token_keys: vec![
+                    TokenKeyEntry {
+                        id: "ci".into(),
+                        public_key: token_key.public_key_base64(),
+                        audience: None,
+                    },
+                    TokenKeyEntry {
+                        id: "fleet".into(),
+                        public_key: token_key.public_key_base64(),
+                        audience: Some("lab".into()),
+                    },
+                ],
+            },
+            &[],
+        )
+        .unwrap();
         Fixture {
             ca,
             server,
