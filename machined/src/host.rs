@@ -16,6 +16,20 @@ use std::time::SystemTime;
 
 /// File name of the dev-mode action record inside the state dir.
 pub const DEV_ACTIONS_FILE: &str = "host-actions.jsonl";
+/// File name of the dev-mode simulated host state (hostname, sysctls, loaded modules)
+/// inside the state dir; tests edit it to simulate drift.
+pub const DEV_STATE_FILE: &str = "dev-host.json";
+
+/// A value of the host that machined reconciles with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostValue {
+    /// The kernel hostname.
+    Hostname,
+    /// A sysctl by dotted name.
+    Sysctl(String),
+    /// Whether a kernel module is loaded (read as `Some("loaded")`).
+    Module(String),
+}
 
 /// A failed host action.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +103,10 @@ pub trait HostActions: Send + Sync + std::fmt::Debug {
     /// Whether actions are only recorded (dev mode), not performed.
     fn is_simulated(&self) -> bool;
 
+    /// Reads a value machined reconciles; `None` when it does not exist (no such sysctl,
+    /// module not loaded).
+    fn read(&self, value: &HostValue) -> Result<Option<String>, HostError>;
+
     /// Sets the kernel hostname.
     fn set_hostname(&self, hostname: &str) -> Result<(), HostError> {
         self.perform(HostAction::SetHostname {
@@ -128,11 +146,28 @@ pub struct RecordedAction {
     pub action: HostAction,
 }
 
-/// The dev-mode host: records actions instead of performing them.
+/// The dev-mode host: records actions instead of performing them, and keeps the values
+/// they would have set in a small simulated state ([`DEV_STATE_FILE`]) that
+/// [`HostActions::read`] answers from.
 #[derive(Debug)]
 pub struct DevHost {
     path: PathBuf,
+    state_path: PathBuf,
     actions: Mutex<Vec<RecordedAction>>,
+}
+
+/// The simulated host state of [`DevHost`].
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevHostState {
+    /// The hostname last set.
+    #[serde(default)]
+    pub hostname: String,
+    /// Sysctl values by dotted name.
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
+    /// Loaded modules.
+    #[serde(default)]
+    pub modules: std::collections::BTreeSet<String>,
 }
 
 impl DevHost {
@@ -140,8 +175,46 @@ impl DevHost {
     pub fn new(state_dir: &Path) -> Self {
         Self {
             path: state_dir.join(DEV_ACTIONS_FILE),
+            state_path: state_dir.join(DEV_STATE_FILE),
             actions: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The simulated host state (empty when nothing was set yet).
+    pub fn state(&self) -> Result<DevHostState, HostError> {
+        match std::fs::read(&self.state_path) {
+            Ok(data) => serde_json::from_slice(&data).map_err(|e| HostError::Failed {
+                action: "read".into(),
+                message: format!("{}: {e}", self.state_path.display()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DevHostState::default()),
+            Err(source) => Err(HostError::Record {
+                path: self.state_path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn update_state(&self, action: &HostAction) -> Result<(), HostError> {
+        let mut state = self.state()?;
+        match action {
+            HostAction::SetHostname { hostname } => state.hostname = hostname.clone(),
+            HostAction::SetSysctl { key, value } => {
+                state.sysctls.insert(key.clone(), value.clone());
+            }
+            HostAction::LoadModule { name } => {
+                state.modules.insert(name.clone());
+            }
+            _ => return Ok(()),
+        }
+        let data = serde_json::to_vec_pretty(&state).map_err(|e| HostError::Failed {
+            action: action.name().to_string(),
+            message: e.to_string(),
+        })?;
+        crate::state::write_atomic(&self.state_path, &data).map_err(|e| HostError::Failed {
+            action: action.name().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// The actions recorded by this process, oldest first.
@@ -174,12 +247,22 @@ impl HostActions for DevHost {
                 path: self.path.clone(),
                 source,
             })?;
+        self.update_state(&record.action)?;
         actions.push(record);
         Ok(())
     }
 
     fn is_simulated(&self) -> bool {
         true
+    }
+
+    fn read(&self, value: &HostValue) -> Result<Option<String>, HostError> {
+        let state = self.state()?;
+        Ok(match value {
+            HostValue::Hostname => Some(state.hostname),
+            HostValue::Sysctl(key) => state.sysctls.get(key).cloned(),
+            HostValue::Module(name) => state.modules.contains(name).then(|| "loaded".into()),
+        })
     }
 }
 
@@ -202,5 +285,17 @@ mod tests {
             .collect();
         assert_eq!(lines, host.recorded());
         assert!(text.contains(r#""action":"reboot""#), "{text}");
+        assert_eq!(
+            host.read(&HostValue::Hostname).unwrap().as_deref(),
+            Some("node-1")
+        );
+        host.set_sysctl("vm.swappiness", "10").unwrap();
+        assert_eq!(
+            host.read(&HostValue::Sysctl("vm.swappiness".into()))
+                .unwrap()
+                .as_deref(),
+            Some("10")
+        );
+        assert_eq!(host.read(&HostValue::Module("dummy".into())).unwrap(), None);
     }
 }

@@ -24,6 +24,7 @@ pub mod network;
 pub mod node;
 pub mod node_boot;
 pub mod observe;
+pub mod reconcile;
 pub mod settings;
 pub mod state;
 pub mod timefmt;

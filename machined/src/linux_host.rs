@@ -12,7 +12,7 @@
 //!   cover the rest.
 
 use crate::early_boot::modules::{FinitModule, ModuleLoader, kernel_release, modules_dir};
-use crate::host::{HostAction, HostActions, HostError};
+use crate::host::{HostAction, HostActions, HostError, HostValue};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -148,6 +148,28 @@ impl HostActions for LinuxHost {
 
     fn is_simulated(&self) -> bool {
         false
+    }
+
+    fn read(&self, value: &HostValue) -> Result<Option<String>, HostError> {
+        let fail = |message: String| HostError::Failed {
+            action: "read".into(),
+            message,
+        };
+        let optional = |path: &Path| match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text.trim_end_matches('\n').to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(fail(format!("{}: {e}", path.display()))),
+        };
+        match value {
+            HostValue::Hostname => optional(Path::new("/proc/sys/kernel/hostname")),
+            HostValue::Sysctl(key) => optional(&sysctl_path(key).map_err(fail)?),
+            // Built-in modules have a /sys/module entry too (when they have parameters);
+            // a loadable one has it once loaded.
+            HostValue::Module(name) => Ok(Path::new("/sys/module")
+                .join(name.replace('-', "_"))
+                .exists()
+                .then(|| "loaded".to_string())),
+        }
     }
 }
 

@@ -26,8 +26,8 @@ use basalt_bootloader::uboot_backend::UbootBootloader;
 use clap::Parser;
 use machined::early_boot::EarlyBoot;
 use machined::{
-    api, audit, config_apply, console, host, linux_host, network, node, node_boot, settings, state,
-    upgrade,
+    api, audit, config_apply, console, host, linux_host, network, node, node_boot, reconcile,
+    settings, state, upgrade,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,6 +70,10 @@ struct Args {
     /// Dev mode: the board name upgrades are checked against.
     #[arg(long, default_value = "dev")]
     dev_board: String,
+    /// Seconds between two drift-correction rounds (hostname, sysctls, modules); 0 turns
+    /// drift correction off.
+    #[arg(long, default_value_t = reconcile::DEFAULT_INTERVAL.as_secs())]
+    reconcile_interval: u64,
     /// Dev mode: the version of the "booted" slot (A) upgrades are compared with.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     dev_version: String,
@@ -236,6 +240,14 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         for warning in config_apply::apply_machine(node.host.as_ref(), config) {
             console(&state_dir, &warning);
         }
+    }
+    if args.reconcile_interval > 0 {
+        let reconciler = Arc::new(reconcile::Reconciler::new(
+            node.host.clone(),
+            &state_dir,
+            None,
+        )?);
+        tokio::spawn(reconciler.run(std::time::Duration::from_secs(args.reconcile_interval)));
     }
     if let (Some(a), Some(b)) = (&args.dev_slot_a, &args.dev_slot_b) {
         for path in [a, b] {

@@ -32,9 +32,15 @@ pub struct Machined {
 impl Machined {
     /// Starts machined on `state` and waits until it listens.
     pub fn start(state: &Path) -> Machined {
+        Self::start_with(state, &[])
+    }
+
+    /// Starts machined on `state` with `extra` arguments and waits until it listens.
+    pub fn start_with(state: &Path, extra: &[&str]) -> Machined {
         let mut child = Command::new(env!("CARGO_BIN_EXE_machined"))
             .args(["--dev", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
