@@ -7,6 +7,7 @@
 //!   handlers);
 //! - [`node`]: the operations the handlers call;
 //! - [`audit`]: the append-only audit log;
+//! - [`events`]: the machine event bus (history ring and live subscribers);
 //! - [`state`]: atomic configuration storage with history;
 //! - [`settings`]: the API settings read from a machine configuration;
 //! - [`host`]: what machined does to the host, and the recording dev implementation;
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod audit;
 pub mod early_boot;
+pub mod events;
 pub mod host;
 pub mod linux_host;
 pub mod network;

@@ -25,6 +25,7 @@ use basalt_bootloader::Slot;
 use basalt_bootloader::uboot_backend::UbootBootloader;
 use clap::Parser;
 use machined::early_boot::EarlyBoot;
+use machined::events::EventKind;
 use machined::{
     api, audit, console, host, linux_host, network, node, node_boot, settings, state, upgrade,
 };
@@ -282,6 +283,16 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         "mutual TLS"
     };
     console(&state_dir, &format!("API listening on {addr} ({mode})"));
+    let started = match &boot {
+        Some(early) => format!("machined started on slot {}", early.slot),
+        None => "machined started in dev mode".to_string(),
+    };
+    node.events.publish(EventKind::Boot, "machined", started);
+    node.events.publish(
+        EventKind::Api,
+        "api",
+        format!("listening on {addr} ({mode})"),
+    );
     if let Some(early) = &boot {
         tokio::spawn(commit_when_healthy(
             node.clone(),
@@ -394,10 +405,12 @@ async fn commit_when_healthy(node: Arc<node::Node>, booted: Slot, check: node_bo
                 .map(|mut b| b.mark_good(booted))
                 .map_err(|_| ());
             match result {
-                Ok(Ok(())) => console(
-                    &dir,
-                    &format!("health checks passed: slot {booted} committed"),
-                ),
+                Ok(Ok(())) => {
+                    let message = format!("health checks passed: slot {booted} committed");
+                    console(&dir, &message);
+                    node.events
+                        .publish(EventKind::Boot, &format!("slot {booted}"), message);
+                }
                 Ok(Err(e)) => console(&dir, &format!("committing slot {booted}: {e}")),
                 Err(_) => {}
             }

@@ -104,6 +104,8 @@ pub struct Node {
     pub observer: crate::observe::Observer,
     /// The upgrade engine, set by `main.rs` when the node's slot devices are known.
     pub upgrade: std::sync::OnceLock<Arc<crate::upgrade::UpgradeEngine>>,
+    /// The machine event bus (Events RPC).
+    pub events: Arc<crate::events::EventBus>,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
     apply_lock: tokio::sync::Mutex<()>,
 }
@@ -150,6 +152,7 @@ impl Node {
             api: parts.api,
             observer: crate::observe::Observer::new(),
             upgrade: std::sync::OnceLock::new(),
+            events: Arc::new(crate::events::EventBus::default()),
             apply_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -260,6 +263,11 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .rollback()?;
+        self.events.publish(
+            crate::events::EventKind::Boot,
+            &format!("slot {slot}"),
+            format!("rollback: slot {slot} boots next"),
+        );
         if reboot {
             self.host.reboot()?;
         }

@@ -6,14 +6,14 @@
 //! with what is missing; none pretends to succeed.
 
 use crate::api::guard::AuditNote;
+use crate::api::streams::{self, Stream};
+use crate::events::EventKind;
 use crate::node::{ApplyMode, Node, NodeError};
 use basalt_bootloader::Slot;
 use basalt_proto::machine::v1::{self as pb, machine_service_server::MachineService};
-use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 type Reply<T> = Result<Response<T>, Status>;
 
 /// The MachineService handlers.
@@ -137,6 +137,11 @@ impl MachineService for MachineApi {
             .apply_config(&r.data, mode, r.dry_run)
             .await
             .map_err(status)?;
+        if !r.dry_run {
+            self.node
+                .events
+                .publish(EventKind::Config, "config", outcome.message.clone());
+        }
         Ok(Response::new(pb::ApplyConfigurationResponse {
             mode: mode_to_proto(outcome.mode),
             warnings: outcome.warnings,
@@ -162,12 +167,13 @@ impl MachineService for MachineApi {
 
     async fn reboot(&self, request: Request<pb::RebootRequest>) -> Reply<pb::RebootResponse> {
         AuditNote::set(&request, format!("force={}", request.get_ref().force));
-        self.node.host.reboot().map_err(|e| status(e.into()))?;
         let message = if self.node.host.is_simulated() {
             "rebooting (dev mode: recorded, not performed)"
         } else {
             "rebooting"
         };
+        self.node.events.publish(EventKind::Power, "node", message);
+        self.node.host.reboot().map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::RebootResponse {
             message: message.into(),
         }))
@@ -175,12 +181,13 @@ impl MachineService for MachineApi {
 
     async fn shutdown(&self, request: Request<pb::ShutdownRequest>) -> Reply<pb::ShutdownResponse> {
         AuditNote::set(&request, format!("force={}", request.get_ref().force));
-        self.node.host.shutdown().map_err(|e| status(e.into()))?;
         let message = if self.node.host.is_simulated() {
             "shutting down (dev mode: recorded, not performed)"
         } else {
             "shutting down"
         };
+        self.node.events.publish(EventKind::Power, "node", message);
+        self.node.host.shutdown().map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::ShutdownResponse {
             message: message.into(),
         }))
@@ -276,8 +283,16 @@ impl MachineService for MachineApi {
 
     type EventsStream = Stream<pb::Event>;
 
-    async fn events(&self, _request: Request<pb::EventsRequest>) -> Reply<Self::EventsStream> {
-        unimplemented("Events (machine event bus)")
+    async fn events(&self, request: Request<pb::EventsRequest>) -> Reply<Self::EventsStream> {
+        let r = request.get_ref();
+        AuditNote::set(
+            &request,
+            format!(
+                "tail={} after_id={} follow={}",
+                r.tail, r.after_id, r.follow
+            ),
+        );
+        Ok(Response::new(streams::events(&self.node.events, r)))
     }
 
     async fn stats(&self, _request: Request<pb::StatsRequest>) -> Reply<pb::StatsResponse> {
