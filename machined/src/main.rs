@@ -73,6 +73,17 @@ struct Args {
     /// Dev mode: the version of the "booted" slot (A) upgrades are compared with.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     dev_version: String,
+    /// Services: delay before the first restart of a service that exited, in
+    /// milliseconds; doubled for each consecutive failure (up to 60 s).
+    #[arg(long, default_value_t = 1000)]
+    service_backoff_ms: u64,
+    /// Services: consecutive restarts after which a service that keeps exiting is marked
+    /// failed.
+    #[arg(long, default_value_t = 5)]
+    service_restart_limit: u32,
+    /// Services: time between SIGTERM and SIGKILL when stopping, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    service_stop_timeout_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -151,9 +162,14 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
     }
     let mut network_config = None;
     let mut hostname = None;
+    let mut services = Vec::new();
     let api = match config.current()? {
         Some(stored) => {
             let text = String::from_utf8_lossy(&stored.data);
+            match machined::services::spec::from_config_text(&text) {
+                Ok(s) => services = s,
+                Err(e) => console(&state_dir, &format!("services not started: {e}")),
+            }
             match settings::network_config(&text) {
                 Ok(n) => network_config = n,
                 Err(e) => console(&state_dir, &format!("network configuration ignored: {e}")),
@@ -227,6 +243,31 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         audit,
         api: Arc::new(api),
     }));
+    node.services.set_tuning(machined::services::Tuning {
+        backoff_base: std::time::Duration::from_millis(args.service_backoff_ms),
+        restart_limit: args.service_restart_limit,
+        stop_timeout: std::time::Duration::from_millis(args.service_stop_timeout_ms),
+        ..machined::services::Tuning::default()
+    });
+    if boot.is_some() {
+        tokio::spawn(machined::services::reaper::reap_orphans());
+    }
+    if !services.is_empty() {
+        let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+        match node.services.load(services) {
+            Ok(()) => console(
+                &state_dir,
+                &format!(
+                    "services: starting {}",
+                    node.services.start_order().join(", ")
+                ),
+            ),
+            Err(e) => console(
+                &state_dir,
+                &format!("services {} not started: {e}", names.join(", ")),
+            ),
+        }
+    }
     if let (Some(a), Some(b)) = (&args.dev_slot_a, &args.dev_slot_b) {
         for path in [a, b] {
             upgrade::device::ensure_slot_file(path, args.dev_slot_size)
@@ -305,9 +346,19 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
             },
         ));
     }
+    let services = node.services.clone();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = api::serve(listener, node) => r.context("API server")?,
         _ = tokio::signal::ctrl_c() => console(&state_dir, "interrupted, stopping"),
+        _ = terminate.recv() => console(&state_dir, "terminated, stopping"),
+    }
+    let stuck = services.shutdown().await;
+    if !stuck.is_empty() {
+        console(
+            &state_dir,
+            &format!("services did not stop: {}", stuck.join(", ")),
+        );
     }
     Ok(())
 }

@@ -106,6 +106,8 @@ pub struct Node {
     pub upgrade: std::sync::OnceLock<Arc<crate::upgrade::UpgradeEngine>>,
     /// The machine event bus (Events RPC).
     pub events: Arc<crate::events::EventBus>,
+    /// The service supervisor.
+    pub services: Arc<crate::services::Supervisor>,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
     apply_lock: tokio::sync::Mutex<()>,
 }
@@ -141,6 +143,12 @@ pub struct NodeParts {
 impl Node {
     /// Assembles a node.
     pub fn new(parts: NodeParts) -> Self {
+        let events = Arc::new(crate::events::EventBus::default());
+        let services = Arc::new(crate::services::Supervisor::new(
+            Arc::new(crate::services::OsSpawner),
+            events.clone(),
+            crate::services::Tuning::default(),
+        ));
         Self {
             dev: parts.dev,
             state_dir: parts.state_dir,
@@ -152,7 +160,8 @@ impl Node {
             api: parts.api,
             observer: crate::observe::Observer::new(),
             upgrade: std::sync::OnceLock::new(),
-            events: Arc::new(crate::events::EventBus::default()),
+            events,
+            services,
             apply_lock: tokio::sync::Mutex::new(()),
         }
     }

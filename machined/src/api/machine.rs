@@ -9,6 +9,7 @@ use crate::api::guard::AuditNote;
 use crate::api::streams::{self, Stream};
 use crate::events::EventKind;
 use crate::node::{ApplyMode, Node, NodeError};
+use crate::services::{ServiceError, ServiceState, ServiceStatus};
 use basalt_bootloader::Slot;
 use basalt_proto::machine::v1::{self as pb, machine_service_server::MachineService};
 use std::sync::Arc;
@@ -39,6 +40,46 @@ fn status(e: NodeError) -> Status {
         }
         _ => Status::internal(e.to_string()),
     }
+}
+
+fn service_status(e: ServiceError) -> Status {
+    match &e {
+        ServiceError::NotFound(_) => Status::not_found(e.to_string()),
+        ServiceError::Invalid { .. } | ServiceError::Config(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        ServiceError::Timeout { .. } => Status::deadline_exceeded(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn service_info(s: &ServiceStatus) -> pb::ServiceInfo {
+    let state = match s.state {
+        ServiceState::Waiting => pb::ServiceState::Waiting,
+        ServiceState::Starting => pb::ServiceState::Starting,
+        ServiceState::Running => pb::ServiceState::Running,
+        ServiceState::Stopping => pb::ServiceState::Stopping,
+        ServiceState::Stopped => pb::ServiceState::Stopped,
+        // Backoff: exited with an error, not restarted yet (the message says when).
+        ServiceState::Backoff | ServiceState::Failed => pb::ServiceState::Failed,
+    };
+    pb::ServiceInfo {
+        id: s.name.clone(),
+        state: state as i32,
+        healthy: s.healthy,
+        pid: s.pid,
+        restarts: s.restarts,
+        since: Some(crate::timefmt::to_timestamp(s.since)),
+        message: if s.state == ServiceState::Backoff {
+            format!("backoff: {}", s.message)
+        } else {
+            s.message.clone()
+        },
+    }
+}
+
+fn describe(s: &ServiceStatus) -> String {
+    format!("{}: {} ({})", s.name, s.state.name(), s.message)
 }
 
 fn unimplemented<T>(what: &str) -> Reply<T> {
@@ -141,6 +182,9 @@ impl MachineService for MachineApi {
             self.node
                 .events
                 .publish(EventKind::Config, "config", outcome.message.clone());
+            if outcome.mode != ApplyMode::Staged {
+                self.node.reconcile_services(&r.data).await;
+            }
         }
         Ok(Response::new(pb::ApplyConfigurationResponse {
             mode: mode_to_proto(outcome.mode),
@@ -173,6 +217,7 @@ impl MachineService for MachineApi {
             "rebooting"
         };
         self.node.events.publish(EventKind::Power, "node", message);
+        self.node.stop_services(request.get_ref().force).await;
         self.node.host.reboot().map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::RebootResponse {
             message: message.into(),
@@ -187,6 +232,7 @@ impl MachineService for MachineApi {
             "shutting down"
         };
         self.node.events.publish(EventKind::Power, "node", message);
+        self.node.stop_services(request.get_ref().force).await;
         self.node.host.shutdown().map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::ShutdownResponse {
             message: message.into(),
@@ -241,38 +287,75 @@ impl MachineService for MachineApi {
         &self,
         _request: Request<pb::ServiceListRequest>,
     ) -> Reply<pb::ServiceListResponse> {
-        unimplemented("ServiceList (service supervision)")
+        let services = self.node.services.list().iter().map(service_info).collect();
+        Ok(Response::new(pb::ServiceListResponse { services }))
     }
 
     async fn service_start(
         &self,
         request: Request<pb::ServiceStartRequest>,
     ) -> Reply<pb::ServiceStartResponse> {
-        AuditNote::set(&request, format!("service={}", request.get_ref().id));
-        unimplemented("ServiceStart (service supervision)")
+        let id = &request.get_ref().id;
+        AuditNote::set(&request, format!("service={id}"));
+        let s = self.node.services.start(id).await.map_err(service_status)?;
+        Ok(Response::new(pb::ServiceStartResponse {
+            message: describe(&s),
+        }))
     }
 
     async fn service_stop(
         &self,
         request: Request<pb::ServiceStopRequest>,
     ) -> Reply<pb::ServiceStopResponse> {
-        AuditNote::set(&request, format!("service={}", request.get_ref().id));
-        unimplemented("ServiceStop (service supervision)")
+        let id = &request.get_ref().id;
+        AuditNote::set(&request, format!("service={id}"));
+        let s = self.node.services.stop(id).await.map_err(service_status)?;
+        Ok(Response::new(pb::ServiceStopResponse {
+            message: describe(&s),
+        }))
     }
 
     async fn service_restart(
         &self,
         request: Request<pb::ServiceRestartRequest>,
     ) -> Reply<pb::ServiceRestartResponse> {
-        AuditNote::set(&request, format!("service={}", request.get_ref().id));
-        unimplemented("ServiceRestart (service supervision)")
+        let id = &request.get_ref().id;
+        AuditNote::set(&request, format!("service={id}"));
+        let s = self
+            .node
+            .services
+            .restart(id)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ServiceRestartResponse {
+            message: describe(&s),
+        }))
     }
 
     type LogsStream = Stream<pb::LogEntry>;
 
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Reply<Self::LogsStream> {
-        AuditNote::set(&request, format!("service={}", request.get_ref().service));
-        unimplemented("Logs (service log capture)")
+        let r = request.get_ref();
+        AuditNote::set(
+            &request,
+            format!(
+                "service={} tail={} follow={}",
+                r.service, r.tail_lines, r.follow
+            ),
+        );
+        if r.service == "machined" {
+            return Ok(Response::new(streams::logs(
+                "machined",
+                crate::machined_log(),
+                r,
+            )));
+        }
+        let ring = self
+            .node
+            .services
+            .logs(&r.service)
+            .map_err(service_status)?;
+        Ok(Response::new(streams::logs(&r.service, &ring, r)))
     }
 
     type DmesgStream = Stream<pb::KernelLogEntry>;

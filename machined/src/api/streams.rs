@@ -7,6 +7,7 @@
 //! fell too far behind, with DATA_LOSS saying how to resume.
 
 use crate::events::{Event, EventBus, EventKind};
+use crate::services::{LogLine, LogRing, OutputStream};
 use basalt_proto::machine::v1 as pb;
 use std::pin::Pin;
 use tokio::sync::{broadcast, mpsc};
@@ -97,5 +98,31 @@ pub fn events(bus: &EventBus, r: &pb::EventsRequest) -> Stream<pb::Event> {
         r.follow.then_some(rx),
         |e| Some(event(e)),
         "reconnect with after_id set to the last id received",
+    )
+}
+
+fn log_entry(service: &str, l: &LogLine) -> pb::LogEntry {
+    pb::LogEntry {
+        time: Some(crate::timefmt::to_timestamp(l.time)),
+        service: service.to_string(),
+        stream: (match l.stream {
+            OutputStream::Stdout => pb::LogStream::Stdout,
+            OutputStream::Stderr => pb::LogStream::Stderr,
+            OutputStream::System => pb::LogStream::Unspecified,
+        }) as i32,
+        message: l.text.clone(),
+    }
+}
+
+/// `Logs`: the last `tail_lines` lines of `ring` (0 = all kept), then with `follow` new
+/// ones.
+pub fn logs(service: &str, ring: &LogRing, r: &pb::LogsRequest) -> Stream<pb::LogEntry> {
+    let (replay, rx) = ring.subscribe(r.tail_lines as usize);
+    let name = service.to_string();
+    replay_then_follow(
+        replay,
+        r.follow.then_some(rx),
+        move |l| Some(log_entry(&name, l)),
+        "request the log again with a tail",
     )
 }

@@ -32,9 +32,15 @@ pub struct Machined {
 impl Machined {
     /// Starts machined on `state` and waits until it listens.
     pub fn start(state: &Path) -> Machined {
+        Machined::start_with(state, &[])
+    }
+
+    /// Starts machined on `state` with `extra` arguments and waits until it listens.
+    pub fn start_with(state: &Path, extra: &[&str]) -> Machined {
         let mut child = Command::new(env!("CARGO_BIN_EXE_machined"))
             .args(["--dev", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -73,6 +79,24 @@ impl Machined {
             fingerprint,
             state: state.to_path_buf(),
             stderr,
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`, then SIGKILL) for machined to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
