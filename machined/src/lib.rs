@@ -10,6 +10,7 @@
 //! - [`events`]: the machine event bus (history ring and live subscribers);
 //! - [`state`]: atomic configuration storage with history;
 //! - [`settings`]: the API settings read from a machine configuration;
+//! - [`kmsg`]: the kernel log reader (`/dev/kmsg`);
 //! - [`host`]: what machined does to the host, and the recording dev implementation;
 //! - [`observe`]: statistics, processes, mounts and disks;
 //! - [`services`]: the service supervisor, log rings and the PID 1 orphan reaper;
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod early_boot;
 pub mod events;
 pub mod host;
+pub mod kmsg;
 pub mod linux_host;
 pub mod network;
 pub mod node;

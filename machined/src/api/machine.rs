@@ -360,8 +360,24 @@ impl MachineService for MachineApi {
 
     type DmesgStream = Stream<pb::KernelLogEntry>;
 
-    async fn dmesg(&self, _request: Request<pb::DmesgRequest>) -> Reply<Self::DmesgStream> {
-        unimplemented("Dmesg (kernel log reader)")
+    async fn dmesg(&self, request: Request<pb::DmesgRequest>) -> Reply<Self::DmesgStream> {
+        let r = request.get_ref();
+        AuditNote::set(&request, format!("tail={} follow={}", r.tail, r.follow));
+        let rx = crate::kmsg::spawn_reader(
+            std::path::Path::new(crate::kmsg::KMSG),
+            r.tail as usize,
+            r.follow,
+        )
+        .map_err(|e| {
+            if e.is_permission() {
+                Status::failed_precondition(format!(
+                    "{e} (machined may not read the kernel log here: in dev mode run it as root or set kernel.dmesg_restrict=0)"
+                ))
+            } else {
+                Status::unavailable(e.to_string())
+            }
+        })?;
+        Ok(Response::new(streams::dmesg(rx)))
     }
 
     type EventsStream = Stream<pb::Event>;

@@ -126,3 +126,25 @@ pub fn logs(service: &str, ring: &LogRing, r: &pb::LogsRequest) -> Stream<pb::Lo
         "request the log again with a tail",
     )
 }
+
+/// `Dmesg`: kernel log records from a [`crate::kmsg`] reader; a read error ends the stream
+/// with UNAVAILABLE.
+pub fn dmesg(
+    rx: mpsc::Receiver<Result<crate::kmsg::KmsgRecord, crate::kmsg::KmsgError>>,
+) -> Stream<pb::KernelLogEntry> {
+    use tokio_stream::StreamExt as _;
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|r| match r {
+        Ok(k) => Ok(pb::KernelLogEntry {
+            since_boot: Some(prost_types::Duration {
+                seconds: k.since_boot.as_secs() as i64,
+                nanos: k.since_boot.subsec_nanos() as i32,
+            }),
+            priority: u32::from(k.priority),
+            facility: k.facility,
+            sequence: k.sequence,
+            message: k.message,
+        }),
+        Err(e) => Err(Status::unavailable(e.to_string())),
+    });
+    Box::pin(stream)
+}
