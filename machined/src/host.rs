@@ -64,6 +64,11 @@ pub enum HostAction {
     Reboot,
     /// Power off.
     Shutdown,
+    /// Remove everything on a partition (Reset).
+    Wipe {
+        /// The partition label: "STATE" or "DATA".
+        partition: String,
+    },
 }
 
 impl HostAction {
@@ -75,6 +80,7 @@ impl HostAction {
             HostAction::LoadModule { .. } => "load_module",
             HostAction::Reboot => "reboot",
             HostAction::Shutdown => "shutdown",
+            HostAction::Wipe { .. } => "wipe",
         }
     }
 }
@@ -116,6 +122,12 @@ pub trait HostActions: Send + Sync + std::fmt::Debug {
     fn shutdown(&self) -> Result<(), HostError> {
         self.perform(HostAction::Shutdown)
     }
+    /// Removes everything on partition `STATE` or `DATA`.
+    fn wipe(&self, partition: &str) -> Result<(), HostError> {
+        self.perform(HostAction::Wipe {
+            partition: partition.to_string(),
+        })
+    }
 }
 
 /// One recorded action with its time.
@@ -155,6 +167,17 @@ impl DevHost {
 
 impl HostActions for DevHost {
     fn perform(&self, action: HostAction) -> Result<(), HostError> {
+        // Dev mode stands the state directory in for STATE (emptied, then the wipe is
+        // recorded in it); it has no DATA: that wipe is only recorded.
+        if let HostAction::Wipe { partition } = &action
+            && partition == "STATE"
+            && let Some(dir) = self.path.parent()
+        {
+            crate::wipe::empty_dir(dir).map_err(|e| HostError::Failed {
+                action: "wipe".into(),
+                message: e.to_string(),
+            })?;
+        }
         let record = RecordedAction {
             time: crate::timefmt::rfc3339(SystemTime::now()),
             action,

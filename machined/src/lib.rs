@@ -15,7 +15,8 @@
 //! - [`observe`]: statistics, processes, mounts and disks;
 //! - [`services`]: the service supervisor, log rings and the PID 1 orphan reaper;
 //! - [`timefmt`]: RFC 3339 and protobuf timestamps;
-//! - [`upgrade`]: the A/B upgrade engine (signed bundles into the inactive slot).
+//! - [`upgrade`]: the A/B upgrade engine (signed bundles into the inactive slot);
+//! - [`wipe`]: emptying STATE and DATA for Reset.
 
 pub mod api;
 pub mod audit;
@@ -27,13 +28,14 @@ pub mod linux_host;
 pub mod network;
 pub mod node;
 pub mod node_boot;
-mod node_services;
+pub mod node_services;
 pub mod observe;
 pub mod services;
 pub mod settings;
 pub mod state;
 pub mod timefmt;
 pub mod upgrade;
+pub mod wipe;
 
 use std::io::Write;
 use std::path::Path;

@@ -217,7 +217,8 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
                     early.data_dir.clone(),
                     early.boot_mount.clone(),
                 ],
-            );
+            )
+            .with_wipe_targets(&early.state_dir, &early.data_dir);
             if let Some(name) = &hostname
                 && let Err(e) = host::HostActions::set_hostname(&host, name)
             {

@@ -57,6 +57,9 @@ pub enum NodeError {
     /// Nothing to return.
     #[error("{0}")]
     NotFound(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
 }
 
 impl From<SettingsError> for NodeError {

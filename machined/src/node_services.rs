@@ -1,7 +1,7 @@
-//! The node's service operations that span several parts: reconciling the supervised
-//! services with an applied configuration, and stopping them before a power action.
+//! The node's operations that span several parts: reconciling the supervised services
+//! with an applied configuration, stopping them before a power action, and Reset.
 
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 
 impl Node {
     /// Makes the supervised services match the `ServiceConfig` of `config` (an applied
@@ -38,5 +38,62 @@ impl Node {
                 &format!("services did not stop in time: {}", stuck.join(", ")),
             );
         }
+    }
+}
+
+/// What a reset wipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetRequest {
+    /// Wipe STATE (configuration, secrets, audit log, upgrade progress).
+    pub wipe_state: bool,
+    /// Wipe DATA.
+    pub wipe_data: bool,
+    /// Power off afterwards instead of rebooting.
+    pub shutdown: bool,
+}
+
+impl Node {
+    /// Resets the node: publishes the event, stops the services, wipes DATA and/or STATE
+    /// through [`crate::host::HostActions`], then reboots (or powers off). Returns a summary.
+    pub async fn reset(&self, r: ResetRequest) -> Result<String, NodeError> {
+        let parts: Vec<&str> = [(r.wipe_state, "STATE"), (r.wipe_data, "DATA")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, p)| *p)
+            .collect();
+        if parts.is_empty() {
+            return Err(NodeError::InvalidRequest(
+                "reset: wipe_state and/or wipe_data must be set".into(),
+            ));
+        }
+        let then = if r.shutdown {
+            "powering off"
+        } else {
+            "rebooting"
+        };
+        let mut message = format!("wiping {}, then {then}", parts.join(" and "));
+        if self.host.is_simulated() {
+            message.push_str(
+                " (dev mode: the state directory stands in for STATE; power action recorded)",
+            );
+        }
+        self.events.publish(
+            crate::events::EventKind::Power,
+            "node",
+            format!("reset: {message}"),
+        );
+        crate::console(&self.state_dir, &format!("reset: {message}"));
+        self.stop_services(true).await;
+        // DATA first: STATE holds the audit log and the configuration, the last things a
+        // half-done reset should lose.
+        for part in parts.iter().rev() {
+            self.host.wipe(part)?;
+        }
+        if r.shutdown {
+            self.host.shutdown()?;
+        } else {
+            self.host.reboot()?;
+        }
+        Ok(message)
     }
 }

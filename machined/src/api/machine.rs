@@ -1,9 +1,9 @@
 //! `basalt.machine.v1.MachineService`: thin handlers over [`Node`].
 //!
-//! Implemented: Version, ApplyConfiguration (not TRY), GetConfiguration, Reboot, Shutdown,
-//! BootStatus, Rollback, Stats, Processes, Mounts, Disks, and the upgrade RPCs (Upgrade,
-//! UpgradeFromUrl, UpgradeStatus: [`crate::api::upgrade`]). The others answer UNIMPLEMENTED
-//! with what is missing; none pretends to succeed.
+//! Every RPC is implemented here except APPLY_MODE_TRY (UNIMPLEMENTED, says so). The
+//! upgrade RPCs live in [`crate::api::upgrade`], the streaming ones (Events, Logs, Dmesg)
+//! in [`crate::api::streams`]; services are [`crate::services`], Reset is
+//! [`Node::reset`].
 
 use crate::api::guard::AuditNote;
 use crate::api::streams::{self, Stream};
@@ -32,7 +32,9 @@ impl MachineApi {
 
 fn status(e: NodeError) -> Status {
     match &e {
-        NodeError::InvalidConfig(_) => Status::invalid_argument(e.to_string()),
+        NodeError::InvalidConfig(_) | NodeError::InvalidRequest(_) => {
+            Status::invalid_argument(e.to_string())
+        }
         NodeError::Unimplemented(_) => Status::unimplemented(e.to_string()),
         NodeError::NotFound(_) => Status::not_found(e.to_string()),
         NodeError::Bootloader(basalt_bootloader::BootloaderError::Refused(_)) => {
@@ -80,10 +82,6 @@ fn service_info(s: &ServiceStatus) -> pb::ServiceInfo {
 
 fn describe(s: &ServiceStatus) -> String {
     format!("{}: {} ({})", s.name, s.state.name(), s.message)
-}
-
-fn unimplemented<T>(what: &str) -> Reply<T> {
-    Err(Status::unimplemented(format!("{what} not implemented yet")))
 }
 
 fn slot(s: Option<Slot>) -> i32 {
@@ -243,9 +241,21 @@ impl MachineService for MachineApi {
         let r = request.get_ref();
         AuditNote::set(
             &request,
-            format!("wipe_state={} wipe_data={}", r.wipe_state, r.wipe_data),
+            format!(
+                "wipe_state={} wipe_data={} shutdown={}",
+                r.wipe_state, r.wipe_data, r.shutdown
+            ),
         );
-        unimplemented("Reset (wiping STATE/DATA)")
+        let message = self
+            .node
+            .reset(crate::node_services::ResetRequest {
+                wipe_state: r.wipe_state,
+                wipe_data: r.wipe_data,
+                shutdown: r.shutdown,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ResetResponse { message }))
     }
 
     async fn boot_status(
