@@ -7,7 +7,9 @@
 //! with their whole cause chain.
 
 mod apply;
+mod follow;
 mod render;
+mod services_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use basaltctl::config::{ClientConfig, Context, MachineConfigInput, TokenKeyEntry};
@@ -16,6 +18,7 @@ use basaltctl::fanout::fan_out;
 use basaltctl::secrets::{Secrets, write_file};
 use basaltctl::token::TokenKey;
 use clap::{Parser, Subcommand, ValueEnum};
+use follow::StreamOp;
 use render::{Op, Rendered};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -99,6 +102,63 @@ enum Command {
     /// Install a signed update bundle into the inactive slot: pushed from a file (resumed
     /// after a cut), or fetched by the node from a URL.
     Upgrade(UpgradeArgs),
+    /// Show machine events (config applies, service state changes, boot and power
+    /// actions); with -f keep following.
+    Events {
+        /// Keep the stream open and print new events as they happen.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Start with at most this many recent events (0: all the node keeps).
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
+    /// List the services each node supervises.
+    Services,
+    /// Start, stop or restart one service.
+    Service {
+        /// The service id.
+        name: String,
+        /// What to do.
+        #[arg(value_enum)]
+        action: render::ServiceAction,
+    },
+    /// Show the log of one service ("machined" for the daemon's own log).
+    Logs {
+        /// The service id.
+        name: String,
+        /// Keep the stream open and print new lines as they are written.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Start with at most this many of the latest lines (0: all kept).
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
+    /// Show the kernel log of each node.
+    Dmesg {
+        /// Keep the stream open and print new messages as they arrive.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Start with at most this many of the latest messages (0: all).
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
+    /// Wipe STATE and/or DATA and reboot: the node comes back in maintenance mode when STATE
+    /// is wiped. Asks for confirmation unless --yes.
+    #[command(group(clap::ArgGroup::new("wipe").required(true).multiple(true).args(["state", "data"])))]
+    Reset {
+        /// Wipe STATE: configuration, secrets, audit log, upgrade progress.
+        #[arg(long)]
+        state: bool,
+        /// Wipe DATA: workloads, logs, container storage.
+        #[arg(long)]
+        data: bool,
+        /// Power off after the wipe instead of rebooting.
+        #[arg(long)]
+        shutdown: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -305,9 +365,52 @@ fn default_config_path() -> PathBuf {
     home.join(".basalt").join("basaltctl.yaml")
 }
 
+/// Asks on the terminal before a destructive operation; anything but `yes` aborts.
+fn confirm(question: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    eprint!("{question} Type 'yes' to continue: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        bail!("not confirmed: nothing was done (pass --yes to skip the question)");
+    }
+    Ok(())
+}
+
+/// The operation of a command: unary (collected, then printed) or a stream (printed as it
+/// arrives).
+enum Work {
+    Unary(Op),
+    Stream(StreamOp),
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Gen(g) = &cli.command {
+        return generate(g);
+    }
     let op = match &cli.command {
-        Command::Gen(g) => return generate(g),
+        Command::Events { follow, tail } => Work::Stream(StreamOp::Events {
+            tail: *tail,
+            follow: *follow,
+        }),
+        Command::Logs { name, follow, tail } => Work::Stream(StreamOp::Logs {
+            service: name.clone(),
+            tail: *tail,
+            follow: *follow,
+        }),
+        Command::Dmesg { follow, tail } => Work::Stream(StreamOp::Dmesg {
+            tail: *tail,
+            follow: *follow,
+        }),
+        _ => Work::Unary(unary_op(&cli)?),
+    };
+    connect_and_run(cli, op).await
+}
+
+fn unary_op(cli: &Cli) -> anyhow::Result<Op> {
+    Ok(match &cli.command {
+        Command::Gen(_) => unreachable!("gen is local"),
         Command::Version => Op::Version,
         Command::ApplyConfig(a) => {
             let data =
@@ -351,7 +454,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
             attempts: u.attempts.max(1),
         },
-    };
+        Command::Services => Op::Services,
+        Command::Service { name, action } => Op::Service {
+            id: name.clone(),
+            action: *action,
+        },
+        Command::Reset {
+            state,
+            data,
+            shutdown,
+            yes,
+        } => {
+            if !yes {
+                let what = match (state, data) {
+                    (true, true) => "STATE and DATA",
+                    (true, false) => "STATE",
+                    _ => "DATA",
+                };
+                let nodes = if cli.nodes.is_empty() {
+                    "the context's nodes".to_string()
+                } else {
+                    cli.nodes.join(", ")
+                };
+                confirm(&format!(
+                    "This wipes {what} on {nodes} and then {}.",
+                    if *shutdown { "powers off" } else { "reboots" }
+                ))?;
+            }
+            Op::Reset {
+                wipe_state: *state,
+                wipe_data: *data,
+                shutdown: *shutdown,
+            }
+        }
+        Command::Events { .. } | Command::Logs { .. } | Command::Dmesg { .. } => {
+            unreachable!("streaming commands are not unary")
+        }
+    })
+}
+
+async fn connect_and_run(cli: Cli, op: Work) -> anyhow::Result<ExitCode> {
     let insecure = match &cli.command {
         Command::ApplyConfig(a) if a.insecure => Some(a.fingerprint.clone()),
         _ => None,
@@ -393,9 +535,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             (nodes, tls, ctx.token.clone())
         }
     };
-    // An upgrade streams a whole slot image: no per-call deadline.
-    let request_timeout = match &cli.command {
-        Command::Upgrade(_) => Duration::from_secs(24 * 3600),
+    // An upgrade streams a whole slot image, a followed stream lasts until interrupted: no
+    // per-call deadline.
+    let request_timeout = match (&cli.command, &op) {
+        (Command::Upgrade(_), _) => Duration::from_secs(24 * 3600),
+        (_, Work::Stream(s)) if s.follows() => Duration::from_secs(365 * 24 * 3600),
         _ => ConnectOptions::default().request_timeout,
     };
     let opts = ConnectOptions {
@@ -406,6 +550,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ..ConnectOptions::default()
     };
     let tls = Arc::new(tls);
+    let op = match op {
+        Work::Unary(op) => op,
+        Work::Stream(op) => return stream(&nodes, tls, opts, op, cli.output).await,
+    };
     let results = fan_out(&nodes, |node| {
         let (tls, opts, op) = (tls.clone(), opts.clone(), op.clone());
         async move {
@@ -448,6 +596,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Runs a streaming operation on every node at once, printing entries as they arrive.
+async fn stream(
+    nodes: &[String],
+    tls: Arc<TlsSettings>,
+    opts: ConnectOptions,
+    op: StreamOp,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let several = nodes.len() > 1;
+    let json_output = output == Output::Json;
+    let results = fan_out(nodes, |node| {
+        let (tls, opts, op) = (tls.clone(), opts.clone(), op.clone());
+        async move {
+            let clients = connect::connect(&node, &tls, &opts)
+                .await
+                .map_err(|e| error_chain(&anyhow::Error::new(e)))?;
+            let mut emit = |line| follow::print(&node, several, json_output, line);
+            op.run(clients, &mut emit)
+                .await
+                .map_err(|e| error_chain(&e))
+        }
+    })
+    .await;
+    let mut failed = false;
+    for r in &results {
+        if let Err(e) = &r.result {
+            eprintln!("basaltctl: {}: error: {e}", r.node);
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

@@ -103,6 +103,35 @@ pub enum Op {
         /// Push attempts.
         attempts: u32,
     },
+    /// MachineService.ServiceList.
+    Services,
+    /// MachineService.ServiceStart/Stop/Restart.
+    Service {
+        /// The service id.
+        id: String,
+        /// What to do.
+        action: ServiceAction,
+    },
+    /// MachineService.Reset.
+    Reset {
+        /// Wipe STATE.
+        wipe_state: bool,
+        /// Wipe DATA.
+        wipe_data: bool,
+        /// Power off afterwards.
+        shutdown: bool,
+    },
+}
+
+/// What `basaltctl service NAME ACTION` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceAction {
+    /// Start a stopped service.
+    Start,
+    /// Stop a running service.
+    Stop,
+    /// Stop then start.
+    Restart,
 }
 
 fn upgrade_phase(p: i32) -> &'static str {
@@ -151,7 +180,7 @@ pub(crate) fn status_err(rpc: &str, s: tonic::Status) -> anyhow::Error {
     anyhow!("{rpc}: {:?}: {}", s.code(), s.message())
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> String {
+pub(crate) fn ts(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(|t| {
             time::OffsetDateTime::from_unix_timestamp(t.seconds)
@@ -403,6 +432,28 @@ impl Op {
                     }
                 };
                 Ok(upgrade_rendered(&r))
+            }
+            Op::Services => crate::services_cmd::list(&mut c).await,
+            Op::Service { id, action } => crate::services_cmd::act(&mut c, id, action).await,
+            Op::Reset {
+                wipe_state,
+                wipe_data,
+                shutdown,
+            } => {
+                let r = c
+                    .machine
+                    .reset(pb::ResetRequest {
+                        wipe_state,
+                        wipe_data,
+                        shutdown,
+                    })
+                    .await
+                    .map_err(|s| status_err("Reset", s))?
+                    .into_inner();
+                Ok(Rendered {
+                    text: r.message.clone(),
+                    json: json!({"message": r.message}),
+                })
             }
         }
     }

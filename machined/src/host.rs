@@ -78,6 +78,11 @@ pub enum HostAction {
     Reboot,
     /// Power off.
     Shutdown,
+    /// Remove everything on a partition (Reset).
+    Wipe {
+        /// The partition label: "STATE" or "DATA".
+        partition: String,
+    },
 }
 
 impl HostAction {
@@ -89,6 +94,7 @@ impl HostAction {
             HostAction::LoadModule { .. } => "load_module",
             HostAction::Reboot => "reboot",
             HostAction::Shutdown => "shutdown",
+            HostAction::Wipe { .. } => "wipe",
         }
     }
 }
@@ -133,6 +139,12 @@ pub trait HostActions: Send + Sync + std::fmt::Debug {
     /// Starts a power-off.
     fn shutdown(&self) -> Result<(), HostError> {
         self.perform(HostAction::Shutdown)
+    }
+    /// Removes everything on partition `STATE` or `DATA`.
+    fn wipe(&self, partition: &str) -> Result<(), HostError> {
+        self.perform(HostAction::Wipe {
+            partition: partition.to_string(),
+        })
     }
 }
 
@@ -228,6 +240,17 @@ impl DevHost {
 
 impl HostActions for DevHost {
     fn perform(&self, action: HostAction) -> Result<(), HostError> {
+        // Dev mode stands the state directory in for STATE (emptied, then the wipe is
+        // recorded in it); it has no DATA: that wipe is only recorded.
+        if let HostAction::Wipe { partition } = &action
+            && partition == "STATE"
+            && let Some(dir) = self.path.parent()
+        {
+            crate::wipe::empty_dir(dir).map_err(|e| HostError::Failed {
+                action: "wipe".into(),
+                message: e.to_string(),
+            })?;
+        }
         let record = RecordedAction {
             time: crate::timefmt::rfc3339(SystemTime::now()),
             action,

@@ -7,35 +7,53 @@
 //!   handlers);
 //! - [`node`]: the operations the handlers call;
 //! - [`audit`]: the append-only audit log;
+//! - [`events`]: the machine event bus (history ring and live subscribers);
 //! - [`state`]: atomic configuration storage with history;
 //! - [`settings`]: the API settings read from a machine configuration;
+//! - [`kmsg`]: the kernel log reader (`/dev/kmsg`);
 //! - [`host`]: what machined does to the host, and the recording dev implementation;
 //! - [`observe`]: statistics, processes, mounts and disks;
+//! - [`services`]: the service supervisor, log rings and the PID 1 orphan reaper;
 //! - [`timefmt`]: RFC 3339 and protobuf timestamps;
-//! - [`upgrade`]: the A/B upgrade engine (signed bundles into the inactive slot).
+//! - [`upgrade`]: the A/B upgrade engine (signed bundles into the inactive slot);
+//! - [`wipe`]: emptying STATE and DATA for Reset.
 
 pub mod api;
 pub mod audit;
 pub mod config_apply;
 pub mod early_boot;
+pub mod events;
 pub mod host;
+pub mod kmsg;
 pub mod linux_host;
 pub mod network;
 pub mod node;
 pub mod node_boot;
+pub mod node_services;
 pub mod observe;
 pub mod reconcile;
+pub mod services;
 pub mod settings;
 pub mod state;
 pub mod timefmt;
 pub mod upgrade;
+pub mod wipe;
 
 use std::io::Write;
 use std::path::Path;
 
-/// Prints a console message (stderr) and appends it to `<state>/machined.log`.
+/// machined's own log (what [`console`] printed since start), served by the Logs RPC as
+/// service "machined".
+pub fn machined_log() -> &'static services::LogRing {
+    static LOG: std::sync::OnceLock<services::LogRing> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| services::LogRing::new(2000, 512 * 1024))
+}
+
+/// Prints a console message (stderr), appends it to `<state>/machined.log` and to
+/// [`machined_log`].
 pub fn console(state_dir: &Path, message: &str) {
     eprintln!("machined: {message}");
+    machined_log().push(services::OutputStream::Stderr, message);
     let line = format!(
         "{} {message}\n",
         timefmt::rfc3339(std::time::SystemTime::now())

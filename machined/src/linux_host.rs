@@ -10,6 +10,7 @@
 //!   remounted read-only, `sync` again, then `reboot(2)`. A filesystem that cannot be
 //!   remounted (busy) is still synced; the journal (ext4) or the atomic renames (FAT env)
 //!   cover the rest.
+//! - wipe (Reset): the contents of the STATE or DATA mount removed ([`crate::wipe`]).
 
 use crate::early_boot::modules::{FinitModule, ModuleLoader, kernel_release, modules_dir};
 use crate::host::{HostAction, HostActions, HostError, HostValue};
@@ -26,6 +27,10 @@ pub struct LinuxHost {
     system_root: PathBuf,
     /// Mounts to make read-only before a reboot, in order.
     writable_mounts: Vec<PathBuf>,
+    /// Where STATE is mounted, for Reset.
+    state_dir: Option<PathBuf>,
+    /// Where DATA is mounted, for Reset.
+    data_dir: Option<PathBuf>,
 }
 
 impl LinuxHost {
@@ -35,7 +40,16 @@ impl LinuxHost {
         Self {
             system_root: system_root.to_path_buf(),
             writable_mounts,
+            state_dir: None,
+            data_dir: None,
         }
+    }
+
+    /// The mounts of STATE and DATA, which Reset empties.
+    pub fn with_wipe_targets(mut self, state_dir: &Path, data_dir: &Path) -> Self {
+        self.state_dir = Some(state_dir.to_path_buf());
+        self.data_dir = Some(data_dir.to_path_buf());
+        self
     }
 
     fn load_module(&self, name: &str) -> Result<(), String> {
@@ -141,6 +155,22 @@ impl HostActions for LinuxHost {
             }
             HostAction::Shutdown => {
                 self.power(false);
+                Ok(())
+            }
+            HostAction::Wipe { partition } => {
+                let dir = match partition.as_str() {
+                    "STATE" => self.state_dir.as_ref(),
+                    "DATA" => self.data_dir.as_ref(),
+                    _ => None,
+                }
+                .ok_or_else(|| fail(format!("no mounted {partition} partition to wipe")))?;
+                let wiped = crate::wipe::empty_dir(dir).map_err(|e| fail(e.to_string()))?;
+                if !wiped.skipped_mounts.is_empty() {
+                    eprintln!(
+                        "machined: wiping {partition}: left mounts alone: {:?}",
+                        wiped.skipped_mounts
+                    );
+                }
                 Ok(())
             }
         }

@@ -25,6 +25,7 @@ use basalt_bootloader::Slot;
 use basalt_bootloader::uboot_backend::UbootBootloader;
 use clap::Parser;
 use machined::early_boot::EarlyBoot;
+use machined::events::EventKind;
 use machined::{
     api, audit, config_apply, console, host, linux_host, network, node, node_boot, reconcile,
     settings, state, upgrade,
@@ -77,6 +78,17 @@ struct Args {
     /// Dev mode: the version of the "booted" slot (A) upgrades are compared with.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     dev_version: String,
+    /// Services: delay before the first restart of a service that exited, in
+    /// milliseconds; doubled for each consecutive failure (up to 60 s).
+    #[arg(long, default_value_t = 1000)]
+    service_backoff_ms: u64,
+    /// Services: consecutive restarts after which a service that keeps exiting is marked
+    /// failed.
+    #[arg(long, default_value_t = 5)]
+    service_restart_limit: u32,
+    /// Services: time between SIGTERM and SIGKILL when stopping, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    service_stop_timeout_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -164,8 +176,14 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
     let mut network_config = None;
     let mut hostname = None;
     let mut machine_config = None;
+    let mut services = Vec::new();
     let api = match config.current()? {
         Some(stored) => {
+            match machined::services::spec::from_config_text(&String::from_utf8_lossy(&stored.data))
+            {
+                Ok(s) => services = s,
+                Err(e) => console(&state_dir, &format!("services not started: {e}")),
+            }
             let parsed = settings::parse_config(&stored.data).and_then(|(config, mut warnings)| {
                 let api = settings::ApiSettings::from_config(&config, &mut warnings)?;
                 Ok((config, api))
@@ -215,7 +233,8 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
                     early.data_dir.clone(),
                     early.boot_mount.clone(),
                 ],
-            );
+            )
+            .with_wipe_targets(&early.state_dir, &early.data_dir);
             start_network(&state_dir, network_config.clone(), hostname.clone());
             (Arc::new(host), node_boot_backend(&state_dir, early))
         }
@@ -248,6 +267,31 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
             None,
         )?);
         tokio::spawn(reconciler.run(std::time::Duration::from_secs(args.reconcile_interval)));
+    }
+    node.services.set_tuning(machined::services::Tuning {
+        backoff_base: std::time::Duration::from_millis(args.service_backoff_ms),
+        restart_limit: args.service_restart_limit,
+        stop_timeout: std::time::Duration::from_millis(args.service_stop_timeout_ms),
+        ..machined::services::Tuning::default()
+    });
+    if boot.is_some() {
+        tokio::spawn(machined::services::reaper::reap_orphans());
+    }
+    if !services.is_empty() {
+        let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+        match node.services.load(services) {
+            Ok(()) => console(
+                &state_dir,
+                &format!(
+                    "services: starting {}",
+                    node.services.start_order().join(", ")
+                ),
+            ),
+            Err(e) => console(
+                &state_dir,
+                &format!("services {} not started: {e}", names.join(", ")),
+            ),
+        }
     }
     if let (Some(a), Some(b)) = (&args.dev_slot_a, &args.dev_slot_b) {
         for path in [a, b] {
@@ -305,6 +349,16 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         "mutual TLS"
     };
     console(&state_dir, &format!("API listening on {addr} ({mode})"));
+    let started = match &boot {
+        Some(early) => format!("machined started on slot {}", early.slot),
+        None => "machined started in dev mode".to_string(),
+    };
+    node.events.publish(EventKind::Boot, "machined", started);
+    node.events.publish(
+        EventKind::Api,
+        "api",
+        format!("listening on {addr} ({mode})"),
+    );
     if let Some(early) = &boot {
         tokio::spawn(commit_when_healthy(
             node.clone(),
@@ -317,9 +371,19 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
             },
         ));
     }
+    let services = node.services.clone();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = api::serve(listener, node) => r.context("API server")?,
         _ = tokio::signal::ctrl_c() => console(&state_dir, "interrupted, stopping"),
+        _ = terminate.recv() => console(&state_dir, "terminated, stopping"),
+    }
+    let stuck = services.shutdown().await;
+    if !stuck.is_empty() {
+        console(
+            &state_dir,
+            &format!("services did not stop: {}", stuck.join(", ")),
+        );
     }
     Ok(())
 }
@@ -417,10 +481,12 @@ async fn commit_when_healthy(node: Arc<node::Node>, booted: Slot, check: node_bo
                 .map(|mut b| b.mark_good(booted))
                 .map_err(|_| ());
             match result {
-                Ok(Ok(())) => console(
-                    &dir,
-                    &format!("health checks passed: slot {booted} committed"),
-                ),
+                Ok(Ok(())) => {
+                    let message = format!("health checks passed: slot {booted} committed");
+                    console(&dir, &message);
+                    node.events
+                        .publish(EventKind::Boot, &format!("slot {booted}"), message);
+                }
                 Ok(Err(e)) => console(&dir, &format!("committing slot {booted}: {e}")),
                 Err(_) => {}
             }

@@ -70,6 +70,9 @@ pub enum NodeError {
     /// Nothing to return.
     #[error("{0}")]
     NotFound(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
 }
 
 impl From<SettingsError> for NodeError {
@@ -124,6 +127,10 @@ pub struct Node {
     pub observer: crate::observe::Observer,
     /// The upgrade engine, set by `main.rs` when the node's slot devices are known.
     pub upgrade: std::sync::OnceLock<Arc<crate::upgrade::UpgradeEngine>>,
+    /// The machine event bus (Events RPC).
+    pub events: Arc<crate::events::EventBus>,
+    /// The service supervisor.
+    pub services: Arc<crate::services::Supervisor>,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
     apply_lock: tokio::sync::Mutex<()>,
     /// Bumped by every apply that starts or ends a trial: a trial's revert timer acts only
@@ -162,6 +169,12 @@ pub struct NodeParts {
 impl Node {
     /// Assembles a node.
     pub fn new(parts: NodeParts) -> Self {
+        let events = Arc::new(crate::events::EventBus::default());
+        let services = Arc::new(crate::services::Supervisor::new(
+            Arc::new(crate::services::OsSpawner),
+            events.clone(),
+            crate::services::Tuning::default(),
+        ));
         Self {
             dev: parts.dev,
             state_dir: parts.state_dir,
@@ -173,6 +186,8 @@ impl Node {
             api: parts.api,
             observer: crate::observe::Observer::new(),
             upgrade: std::sync::OnceLock::new(),
+            events,
+            services,
             apply_lock: tokio::sync::Mutex::new(()),
             trial_generation: AtomicU64::new(0),
         }
@@ -334,6 +349,11 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .rollback()?;
+        self.events.publish(
+            crate::events::EventKind::Boot,
+            &format!("slot {slot}"),
+            format!("rollback: slot {slot} boots next"),
+        );
         if reboot {
             self.host.reboot()?;
         }

@@ -45,8 +45,8 @@ async fn every_rpc_is_allowed_or_denied_per_table_for_every_role() {
     assert_eq!(checked, 4 * RULES.len());
     // Unimplemented RPCs say so instead of pretending to succeed.
     let mut admin = fx.connect(&node, "admin", None).await.unwrap();
-    let logs = "/basalt.machine.v1.MachineService/Logs";
-    assert_eq!(code(&call(&mut admin, logs, "").await), Code::Unimplemented);
+    let get = "/basalt.resource.v1.ResourceService/Get";
+    assert_eq!(code(&call(&mut admin, get, "").await), Code::Unimplemented);
     // Reboot and Shutdown were recorded as host actions, not performed.
     let actions = std::fs::read_to_string(node.state.join("host-actions.jsonl")).unwrap();
     assert!(actions.contains(r#""action":"reboot""#), "{actions}");

@@ -1,19 +1,20 @@
 //! `basalt.machine.v1.MachineService`: thin handlers over [`Node`].
 //!
-//! Implemented: Version, ApplyConfiguration (not TRY), GetConfiguration, Reboot, Shutdown,
-//! BootStatus, Rollback, Stats, Processes, Mounts, Disks, and the upgrade RPCs (Upgrade,
-//! UpgradeFromUrl, UpgradeStatus: [`crate::api::upgrade`]). The others answer UNIMPLEMENTED
-//! with what is missing; none pretends to succeed.
+//! Every RPC is implemented here except APPLY_MODE_TRY (UNIMPLEMENTED, says so). The
+//! upgrade RPCs live in [`crate::api::upgrade`], the streaming ones (Events, Logs, Dmesg)
+//! in [`crate::api::streams`]; services are [`crate::services`], Reset is
+//! [`Node::reset`].
 
 use crate::api::guard::AuditNote;
+use crate::api::streams::{self, Stream};
+use crate::events::EventKind;
 use crate::node::{ApplyMode, Node, NodeError};
+use crate::services::{ServiceError, ServiceState, ServiceStatus};
 use basalt_bootloader::Slot;
 use basalt_proto::machine::v1::{self as pb, machine_service_server::MachineService};
-use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 type Reply<T> = Result<Response<T>, Status>;
 
 /// The MachineService handlers.
@@ -31,7 +32,9 @@ impl MachineApi {
 
 fn status(e: NodeError) -> Status {
     match &e {
-        NodeError::InvalidConfig(_) => Status::invalid_argument(e.to_string()),
+        NodeError::InvalidConfig(_) | NodeError::InvalidRequest(_) => {
+            Status::invalid_argument(e.to_string())
+        }
         NodeError::Unimplemented(_) => Status::unimplemented(e.to_string()),
         NodeError::NotFound(_) => Status::not_found(e.to_string()),
         NodeError::Bootloader(basalt_bootloader::BootloaderError::Refused(_)) => {
@@ -41,8 +44,44 @@ fn status(e: NodeError) -> Status {
     }
 }
 
-fn unimplemented<T>(what: &str) -> Reply<T> {
-    Err(Status::unimplemented(format!("{what} not implemented yet")))
+fn service_status(e: ServiceError) -> Status {
+    match &e {
+        ServiceError::NotFound(_) => Status::not_found(e.to_string()),
+        ServiceError::Invalid { .. } | ServiceError::Config(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        ServiceError::Timeout { .. } => Status::deadline_exceeded(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn service_info(s: &ServiceStatus) -> pb::ServiceInfo {
+    let state = match s.state {
+        ServiceState::Waiting => pb::ServiceState::Waiting,
+        ServiceState::Starting => pb::ServiceState::Starting,
+        ServiceState::Running => pb::ServiceState::Running,
+        ServiceState::Stopping => pb::ServiceState::Stopping,
+        ServiceState::Stopped => pb::ServiceState::Stopped,
+        // Backoff: exited with an error, not restarted yet (the message says when).
+        ServiceState::Backoff | ServiceState::Failed => pb::ServiceState::Failed,
+    };
+    pb::ServiceInfo {
+        id: s.name.clone(),
+        state: state as i32,
+        healthy: s.healthy,
+        pid: s.pid,
+        restarts: s.restarts,
+        since: Some(crate::timefmt::to_timestamp(s.since)),
+        message: if s.state == ServiceState::Backoff {
+            format!("backoff: {}", s.message)
+        } else {
+            s.message.clone()
+        },
+    }
+}
+
+fn describe(s: &ServiceStatus) -> String {
+    format!("{}: {} ({})", s.name, s.state.name(), s.message)
 }
 
 fn slot(s: Option<Slot>) -> i32 {
@@ -144,6 +183,14 @@ impl MachineService for MachineApi {
             .apply_config(&r.data, mode, r.dry_run)
             .await
             .map_err(status)?;
+        if !r.dry_run {
+            self.node
+                .events
+                .publish(EventKind::Config, "config", outcome.message.clone());
+            if outcome.mode != ApplyMode::Staged {
+                self.node.reconcile_services(&r.data).await;
+            }
+        }
         Ok(Response::new(pb::ApplyConfigurationResponse {
             mode: mode_to_proto(outcome.mode),
             warnings: outcome.warnings,
@@ -169,12 +216,14 @@ impl MachineService for MachineApi {
 
     async fn reboot(&self, request: Request<pb::RebootRequest>) -> Reply<pb::RebootResponse> {
         AuditNote::set(&request, format!("force={}", request.get_ref().force));
-        self.node.host.reboot().map_err(|e| status(e.into()))?;
         let message = if self.node.host.is_simulated() {
             "rebooting (dev mode: recorded, not performed)"
         } else {
             "rebooting"
         };
+        self.node.events.publish(EventKind::Power, "node", message);
+        self.node.stop_services(request.get_ref().force).await;
+        self.node.host.reboot().map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::RebootResponse {
             message: message.into(),
         }))
@@ -182,12 +231,14 @@ impl MachineService for MachineApi {
 
     async fn shutdown(&self, request: Request<pb::ShutdownRequest>) -> Reply<pb::ShutdownResponse> {
         AuditNote::set(&request, format!("force={}", request.get_ref().force));
-        self.node.host.shutdown().map_err(|e| status(e.into()))?;
         let message = if self.node.host.is_simulated() {
             "shutting down (dev mode: recorded, not performed)"
         } else {
             "shutting down"
         };
+        self.node.events.publish(EventKind::Power, "node", message);
+        self.node.stop_services(request.get_ref().force).await;
+        self.node.host.shutdown().map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::ShutdownResponse {
             message: message.into(),
         }))
@@ -197,9 +248,21 @@ impl MachineService for MachineApi {
         let r = request.get_ref();
         AuditNote::set(
             &request,
-            format!("wipe_state={} wipe_data={}", r.wipe_state, r.wipe_data),
+            format!(
+                "wipe_state={} wipe_data={} shutdown={}",
+                r.wipe_state, r.wipe_data, r.shutdown
+            ),
         );
-        unimplemented("Reset (wiping STATE/DATA)")
+        let message = self
+            .node
+            .reset(crate::node_services::ResetRequest {
+                wipe_state: r.wipe_state,
+                wipe_data: r.wipe_data,
+                shutdown: r.shutdown,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ResetResponse { message }))
     }
 
     async fn boot_status(
@@ -241,50 +304,111 @@ impl MachineService for MachineApi {
         &self,
         _request: Request<pb::ServiceListRequest>,
     ) -> Reply<pb::ServiceListResponse> {
-        unimplemented("ServiceList (service supervision)")
+        let services = self.node.services.list().iter().map(service_info).collect();
+        Ok(Response::new(pb::ServiceListResponse { services }))
     }
 
     async fn service_start(
         &self,
         request: Request<pb::ServiceStartRequest>,
     ) -> Reply<pb::ServiceStartResponse> {
-        AuditNote::set(&request, format!("service={}", request.get_ref().id));
-        unimplemented("ServiceStart (service supervision)")
+        let id = &request.get_ref().id;
+        AuditNote::set(&request, format!("service={id}"));
+        let s = self.node.services.start(id).await.map_err(service_status)?;
+        Ok(Response::new(pb::ServiceStartResponse {
+            message: describe(&s),
+        }))
     }
 
     async fn service_stop(
         &self,
         request: Request<pb::ServiceStopRequest>,
     ) -> Reply<pb::ServiceStopResponse> {
-        AuditNote::set(&request, format!("service={}", request.get_ref().id));
-        unimplemented("ServiceStop (service supervision)")
+        let id = &request.get_ref().id;
+        AuditNote::set(&request, format!("service={id}"));
+        let s = self.node.services.stop(id).await.map_err(service_status)?;
+        Ok(Response::new(pb::ServiceStopResponse {
+            message: describe(&s),
+        }))
     }
 
     async fn service_restart(
         &self,
         request: Request<pb::ServiceRestartRequest>,
     ) -> Reply<pb::ServiceRestartResponse> {
-        AuditNote::set(&request, format!("service={}", request.get_ref().id));
-        unimplemented("ServiceRestart (service supervision)")
+        let id = &request.get_ref().id;
+        AuditNote::set(&request, format!("service={id}"));
+        let s = self
+            .node
+            .services
+            .restart(id)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ServiceRestartResponse {
+            message: describe(&s),
+        }))
     }
 
     type LogsStream = Stream<pb::LogEntry>;
 
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Reply<Self::LogsStream> {
-        AuditNote::set(&request, format!("service={}", request.get_ref().service));
-        unimplemented("Logs (service log capture)")
+        let r = request.get_ref();
+        AuditNote::set(
+            &request,
+            format!(
+                "service={} tail={} follow={}",
+                r.service, r.tail_lines, r.follow
+            ),
+        );
+        if r.service == "machined" {
+            return Ok(Response::new(streams::logs(
+                "machined",
+                crate::machined_log(),
+                r,
+            )));
+        }
+        let ring = self
+            .node
+            .services
+            .logs(&r.service)
+            .map_err(service_status)?;
+        Ok(Response::new(streams::logs(&r.service, &ring, r)))
     }
 
     type DmesgStream = Stream<pb::KernelLogEntry>;
 
-    async fn dmesg(&self, _request: Request<pb::DmesgRequest>) -> Reply<Self::DmesgStream> {
-        unimplemented("Dmesg (kernel log reader)")
+    async fn dmesg(&self, request: Request<pb::DmesgRequest>) -> Reply<Self::DmesgStream> {
+        let r = request.get_ref();
+        AuditNote::set(&request, format!("tail={} follow={}", r.tail, r.follow));
+        let rx = crate::kmsg::spawn_reader(
+            std::path::Path::new(crate::kmsg::KMSG),
+            r.tail as usize,
+            r.follow,
+        )
+        .map_err(|e| {
+            if e.is_permission() {
+                Status::failed_precondition(format!(
+                    "{e} (machined may not read the kernel log here: in dev mode run it as root or set kernel.dmesg_restrict=0)"
+                ))
+            } else {
+                Status::unavailable(e.to_string())
+            }
+        })?;
+        Ok(Response::new(streams::dmesg(rx)))
     }
 
     type EventsStream = Stream<pb::Event>;
 
-    async fn events(&self, _request: Request<pb::EventsRequest>) -> Reply<Self::EventsStream> {
-        unimplemented("Events (machine event bus)")
+    async fn events(&self, request: Request<pb::EventsRequest>) -> Reply<Self::EventsStream> {
+        let r = request.get_ref();
+        AuditNote::set(
+            &request,
+            format!(
+                "tail={} after_id={} follow={}",
+                r.tail, r.after_id, r.follow
+            ),
+        );
+        Ok(Response::new(streams::events(&self.node.events, r)))
     }
 
     async fn stats(&self, _request: Request<pb::StatsRequest>) -> Reply<pb::StatsResponse> {

@@ -24,6 +24,7 @@ pub mod authz;
 pub mod guard;
 pub mod machine;
 pub mod resource;
+pub mod streams;
 pub mod tls;
 pub mod token;
 pub mod upgrade;

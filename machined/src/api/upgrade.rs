@@ -218,7 +218,13 @@ pub async fn upgrade(
                 "{described} (from offset {start}) bytes_written={} rebooting={}",
                 o.bytes_written, o.rebooting
             ));
-            Ok(Response::new(response(&o)))
+            let reply = response(&o);
+            node.events.publish(
+                crate::events::EventKind::Boot,
+                &format!("slot {}", o.slot),
+                format!("upgrade installed: {}", reply.message),
+            );
+            Ok(Response::new(reply))
         }
         Err(e) => {
             note_set(format!("{described}: {e}"));
@@ -264,6 +270,7 @@ pub async fn upgrade_from_url(
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::UpgradeProgress, Status>>(64);
     let node = node.clone();
+    let node_events = node.events.clone();
     tokio::spawn(async move {
         let ctx = Arc::new(NodeContext(node));
         let progress_tx = tx.clone();
@@ -294,12 +301,18 @@ pub async fn upgrade_from_url(
                         o.board, o.version, o.slot, o.bytes_written, o.rebooting
                     ));
                 }
+                let reply = response(&o);
+                node_events.publish(
+                    crate::events::EventKind::Boot,
+                    &format!("slot {}", o.slot),
+                    format!("upgrade installed: {}", reply.message),
+                );
                 Ok(pb::UpgradeProgress {
                     phase: pb::UpgradePhase::Done as i32,
                     written_bytes: o.slot_size,
                     total_bytes: o.slot_size,
                     message: "done".into(),
-                    result: Some(response(&o)),
+                    result: Some(reply),
                 })
             }
             Err(e) => {

@@ -82,6 +82,24 @@ impl Machined {
         }
     }
 
+    /// Sends SIGTERM and waits (at most `timeout`, then SIGKILL) for machined to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What machined printed so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

@@ -1,0 +1,99 @@
+//! The node's operations that span several parts: reconciling the supervised services
+//! with an applied configuration, stopping them before a power action, and Reset.
+
+use crate::node::{Node, NodeError};
+
+impl Node {
+    /// Makes the supervised services match the `ServiceConfig` of `config` (an applied
+    /// configuration); a problem is logged and published, the running services stay as
+    /// they are.
+    pub async fn reconcile_services(&self, config: &[u8]) {
+        let text = String::from_utf8_lossy(config);
+        let result = match crate::services::spec::from_config_text(&text) {
+            Ok(specs) => self.services.reconcile(specs).await,
+            Err(e) => Err(e),
+        };
+        let message = match result {
+            Ok((stopped, started)) if stopped.is_empty() && started.is_empty() => return,
+            Ok((stopped, started)) => format!(
+                "services reconciled: stopped [{}], started [{}]",
+                stopped.join(", "),
+                started.join(", ")
+            ),
+            Err(e) => format!("services not changed: {e}"),
+        };
+        crate::console(&self.state_dir, &message);
+        self.events
+            .publish(crate::events::EventKind::Config, "services", message);
+    }
+
+    /// Stops every service in reverse dependency order before a reboot or power-off. With
+    /// `force` a service that does not stop is left behind silently; without it, it is
+    /// logged (the power action goes on either way: it was asked for).
+    pub async fn stop_services(&self, force: bool) {
+        let stuck = self.services.shutdown().await;
+        if !stuck.is_empty() && !force {
+            crate::console(
+                &self.state_dir,
+                &format!("services did not stop in time: {}", stuck.join(", ")),
+            );
+        }
+    }
+}
+
+/// What a reset wipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetRequest {
+    /// Wipe STATE (configuration, secrets, audit log, upgrade progress).
+    pub wipe_state: bool,
+    /// Wipe DATA.
+    pub wipe_data: bool,
+    /// Power off afterwards instead of rebooting.
+    pub shutdown: bool,
+}
+
+impl Node {
+    /// Resets the node: publishes the event, stops the services, wipes DATA and/or STATE
+    /// through [`crate::host::HostActions`], then reboots (or powers off). Returns a summary.
+    pub async fn reset(&self, r: ResetRequest) -> Result<String, NodeError> {
+        let parts: Vec<&str> = [(r.wipe_state, "STATE"), (r.wipe_data, "DATA")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, p)| *p)
+            .collect();
+        if parts.is_empty() {
+            return Err(NodeError::InvalidRequest(
+                "reset: wipe_state and/or wipe_data must be set".into(),
+            ));
+        }
+        let then = if r.shutdown {
+            "powering off"
+        } else {
+            "rebooting"
+        };
+        let mut message = format!("wiping {}, then {then}", parts.join(" and "));
+        if self.host.is_simulated() {
+            message.push_str(
+                " (dev mode: the state directory stands in for STATE; power action recorded)",
+            );
+        }
+        self.events.publish(
+            crate::events::EventKind::Power,
+            "node",
+            format!("reset: {message}"),
+        );
+        crate::console(&self.state_dir, &format!("reset: {message}"));
+        self.stop_services(true).await;
+        // DATA first: STATE holds the audit log and the configuration, the last things a
+        // half-done reset should lose.
+        for part in parts.iter().rev() {
+            self.host.wipe(part)?;
+        }
+        if r.shutdown {
+            self.host.shutdown()?;
+        } else {
+            self.host.reboot()?;
+        }
+        Ok(message)
+    }
+}

@@ -1,0 +1,87 @@
+//! Service supervision: machined starts, stops and restarts the node's long-running
+//! programs.
+//!
+//! Design:
+//!
+//! - [`spec`]: what a service is ([`ServiceSpec`]: command, arguments, environment,
+//!   dependencies, restart policy), read from the configuration's `ServiceConfig` document
+//!   (`basalt-config` schema), and the dependency order (unknown dependencies and cycles are
+//!   refused as a whole, before anything starts).
+//! - [`process`]: spawning behind the [`Spawner`] trait. [`OsSpawner`] runs real processes
+//!   (each in its own process group, stdin from /dev/null, stdout and stderr piped into the
+//!   log ring, signals to the whole group); tests may script exits with their own spawner.
+//! - [`logring`]: a bounded per-service ring of timestamped output lines (by line count
+//!   and bytes; over-long lines are split) with live followers.
+//! - [`supervisor`]: one task per service runs its lifecycle: wait for the dependencies to
+//!   be healthy, start, watch, restart with exponential backoff up to a limit of
+//!   consecutive failures, then mark failed; orderly stop (SIGTERM to the group, a
+//!   timeout, SIGKILL); an orderly shutdown in reverse dependency order. Every state change
+//!   is published on the event bus.
+//! - [`reaper`]: as PID 1, reaps orphaned zombies without stealing the exit status of the
+//!   supervisor's own children.
+//!
+//! Limits: a service is healthy once it has kept running for [`Tuning::healthy_after`]
+//! (the schema has no health probes yet); OCI `image` services are refused (no container
+//! runtime on the node yet); no resource limits, users or namespaces.
+
+pub mod logring;
+pub mod process;
+pub mod reaper;
+pub mod spec;
+pub mod supervisor;
+
+pub use logring::{LogLine, LogRing, OutputStream};
+pub use process::{Exit, OsSpawner, Spawned, Spawner};
+pub use spec::{Restart, ServiceSpec, Tuning};
+pub use supervisor::{ServiceState, ServiceStatus, Supervisor};
+
+/// A failure of service supervision.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No service has this id.
+    #[error("service {0:?} does not exist")]
+    NotFound(String),
+    /// A service definition is unusable.
+    #[error("service {name:?}: {message}")]
+    Invalid {
+        /// The service.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The `ServiceConfig` document could not be read.
+    #[error("ServiceConfig: {0}")]
+    Config(String),
+    /// Spawning the process failed.
+    #[error("service {name:?}: starting {command}: {source}")]
+    Spawn {
+        /// The service.
+        name: String,
+        /// The program.
+        command: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signalling the process failed.
+    #[error("service {name:?}: signal {signal} to pid {pid}: {source}")]
+    Signal {
+        /// The service.
+        name: String,
+        /// The process (group) id.
+        pid: u32,
+        /// The signal.
+        signal: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A request could not be carried out in time.
+    #[error("service {name:?}: {message}")]
+    Timeout {
+        /// The service.
+        name: String,
+        /// What did not happen.
+        message: String,
+    },
+}

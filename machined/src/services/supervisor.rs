@@ -1,0 +1,648 @@
+//! The supervisor: one task per service runs its lifecycle; requests (start, stop, restart,
+//! shutdown) change what the task wants and wait for it to get there.
+//!
+//! Lifecycle of a service task, driven by its [`Want`] (run or stop, with a generation that
+//! a restart bumps):
+//!
+//! 1. wanted stopped: state Stopped (or Failed after giving up), wait for a change;
+//! 2. wanted running: Waiting until every dependency is healthy, then Starting → Running
+//!    (healthy after [`Tuning::healthy_after`]);
+//! 3. on exit: restart per policy after an exponential backoff (state Backoff), or Failed
+//!    once more than [`Tuning::restart_limit`] consecutive runs failed; a run of
+//!    [`Tuning::reset_after`] resets the count. A policy that does not restart leaves the
+//!    service Stopped (code 0) or Failed.
+//! 4. on a stop or restart request: SIGTERM to the process group, SIGKILL after
+//!    [`Tuning::stop_timeout`], then Stopped (and for a restart, start again).
+//!
+//! Every state change is published on the [`EventBus`] and logged in the service's ring.
+
+use super::logring::{LogRing, OutputStream};
+use super::process::{Exit, StopSignal};
+use super::spec::{ServiceSpec, Tuning, start_order};
+use super::{Restart, ServiceError, Spawner};
+use crate::events::{EventBus, EventKind};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Lines kept per service.
+pub const LOG_LINES: usize = 2000;
+/// Bytes of text kept per service.
+pub const LOG_BYTES: usize = 512 * 1024;
+
+/// Where a service is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Waiting for its dependencies.
+    Waiting,
+    /// Being started.
+    Starting,
+    /// Running.
+    Running,
+    /// Exited; restarting after a delay.
+    Backoff,
+    /// Being stopped.
+    Stopping,
+    /// Stopped on request, or exited with code 0 and not restarted.
+    Stopped,
+    /// Exited with an error and not restarted (policy, or too many restarts).
+    Failed,
+}
+
+impl ServiceState {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceState::Waiting => "waiting",
+            ServiceState::Starting => "starting",
+            ServiceState::Running => "running",
+            ServiceState::Backoff => "backoff",
+            ServiceState::Stopping => "stopping",
+            ServiceState::Stopped => "stopped",
+            ServiceState::Failed => "failed",
+        }
+    }
+}
+
+/// The observable status of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// Service id.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: ServiceState,
+    /// Running for at least [`Tuning::healthy_after`].
+    pub healthy: bool,
+    /// Main process id, 0 when not running.
+    pub pid: u32,
+    /// Restarts since machined started (automatic and requested).
+    pub restarts: u32,
+    /// When it entered its state.
+    pub since: SystemTime,
+    /// Detail, e.g. the last exit status.
+    pub message: String,
+    /// The generation of the last run request the task acted on.
+    generation: u64,
+}
+
+/// What a service task should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Want {
+    run: bool,
+    generation: u64,
+    /// The service was removed from the configuration: the task ends once stopped.
+    retired: bool,
+}
+
+struct Entry {
+    spec: ServiceSpec,
+    logs: Arc<LogRing>,
+    want: watch::Sender<Want>,
+    status: watch::Sender<ServiceStatus>,
+}
+
+/// The service supervisor.
+pub struct Supervisor {
+    spawner: Arc<dyn Spawner>,
+    events: Arc<EventBus>,
+    tuning: Mutex<Tuning>,
+    services: Mutex<BTreeMap<String, Arc<Entry>>>,
+    order: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field(
+                "order",
+                &self.order.lock().map(|o| o.clone()).unwrap_or_default(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Supervisor {
+    /// A supervisor without services.
+    pub fn new(spawner: Arc<dyn Spawner>, events: Arc<EventBus>, tuning: Tuning) -> Self {
+        Self {
+            spawner,
+            events,
+            tuning: Mutex::new(tuning),
+            services: Mutex::new(BTreeMap::new()),
+            order: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Changes the timing used by services started from now on.
+    pub fn set_tuning(&self, tuning: Tuning) {
+        *lock(&self.tuning) = tuning;
+    }
+
+    /// Supervises `specs` (which must be new: services already defined are kept as they
+    /// are) and starts them, each after its dependencies. Must be called within a tokio
+    /// runtime.
+    pub fn load(self: &Arc<Self>, specs: Vec<ServiceSpec>) -> Result<(), ServiceError> {
+        let mut all: Vec<ServiceSpec> = lock(&self.services)
+            .values()
+            .map(|e| e.spec.clone())
+            .collect();
+        all.extend(specs.iter().cloned());
+        let order = start_order(&all)?;
+        let tuning = *lock(&self.tuning);
+        let mut services = lock(&self.services);
+        let mut new = Vec::new();
+        for spec in specs {
+            let status = ServiceStatus {
+                name: spec.name.clone(),
+                state: ServiceState::Stopped,
+                healthy: false,
+                pid: 0,
+                restarts: 0,
+                since: SystemTime::now(),
+                message: "not started".into(),
+                generation: 0,
+            };
+            let entry = Arc::new(Entry {
+                logs: Arc::new(LogRing::new(LOG_LINES, LOG_BYTES)),
+                want: watch::Sender::new(Want {
+                    run: true,
+                    generation: 1,
+                    retired: false,
+                }),
+                status: watch::Sender::new(status),
+                spec,
+            });
+            services.insert(entry.spec.name.clone(), entry.clone());
+            new.push(entry);
+        }
+        // Every entry exists before any task starts: a dependency listed later is found.
+        for entry in new {
+            let deps: Vec<watch::Receiver<ServiceStatus>> = entry
+                .spec
+                .depends_on
+                .iter()
+                .filter_map(|d| services.get(d).map(|e| e.status.subscribe()))
+                .collect();
+            let task = Task {
+                entry,
+                deps,
+                spawner: self.spawner.clone(),
+                events: self.events.clone(),
+                tuning,
+            };
+            tokio::spawn(task.run());
+        }
+        *lock(&self.order) = order;
+        Ok(())
+    }
+
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, ServiceError> {
+        lock(&self.services)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(name.to_string()))
+    }
+
+    /// Every service's status, sorted by id.
+    pub fn list(&self) -> Vec<ServiceStatus> {
+        lock(&self.services)
+            .values()
+            .map(|e| e.status.borrow().clone())
+            .collect()
+    }
+
+    /// One service's status.
+    pub fn status(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        Ok(self.entry(name)?.status.borrow().clone())
+    }
+
+    /// The log ring of a service.
+    pub fn logs(&self, name: &str) -> Result<Arc<LogRing>, ServiceError> {
+        Ok(self.entry(name)?.logs.clone())
+    }
+
+    /// The services in start order.
+    pub fn start_order(&self) -> Vec<String> {
+        lock(&self.order).clone()
+    }
+
+    fn wait_timeout(&self) -> Duration {
+        lock(&self.tuning).stop_timeout + Duration::from_secs(5)
+    }
+
+    /// Starts a stopped or failed service (its dependencies are awaited as at boot); waits
+    /// until it was started (or failed to start).
+    pub async fn start(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        let e = self.entry(name)?;
+        let mut generation = 0;
+        e.want.send_modify(|w| {
+            if !w.run {
+                w.run = true;
+                w.generation += 1;
+            }
+            generation = w.generation;
+        });
+        self.await_started(&e, generation).await
+    }
+
+    /// Stops a service (SIGTERM, then SIGKILL after the stop timeout) and waits until it
+    /// is stopped.
+    pub async fn stop(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        let e = self.entry(name)?;
+        e.want.send_modify(|w| w.run = false);
+        let mut rx = e.status.subscribe();
+        let waited = tokio::time::timeout(
+            self.wait_timeout(),
+            rx.wait_for(|s| matches!(s.state, ServiceState::Stopped | ServiceState::Failed)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(s)) => Ok(s.clone()),
+            _ => Err(ServiceError::Timeout {
+                name: name.to_string(),
+                message: "did not stop in time".into(),
+            }),
+        }
+    }
+
+    /// Stops then starts a service; waits until it was started again.
+    pub async fn restart(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        let e = self.entry(name)?;
+        let mut generation = 0;
+        e.want.send_modify(|w| {
+            w.run = true;
+            w.generation += 1;
+            generation = w.generation;
+        });
+        self.await_started(&e, generation).await
+    }
+
+    async fn await_started(
+        &self,
+        e: &Entry,
+        generation: u64,
+    ) -> Result<ServiceStatus, ServiceError> {
+        let mut rx = e.status.subscribe();
+        let waited = tokio::time::timeout(
+            self.wait_timeout(),
+            rx.wait_for(|s| {
+                s.generation >= generation
+                    && !matches!(
+                        s.state,
+                        ServiceState::Stopping | ServiceState::Stopped | ServiceState::Starting
+                    )
+            }),
+        )
+        .await;
+        match waited {
+            Ok(Ok(s)) => Ok(s.clone()),
+            _ => Err(ServiceError::Timeout {
+                name: e.spec.name.clone(),
+                message: "was not started in time".into(),
+            }),
+        }
+    }
+
+    /// Makes the supervised services match `specs`: services that are gone or changed (or
+    /// depend, directly or not, on one that changed) are stopped in reverse dependency
+    /// order and removed, then the new and changed ones are loaded and started. Returns
+    /// the names stopped and the names started.
+    pub async fn reconcile(
+        self: &Arc<Self>,
+        specs: Vec<ServiceSpec>,
+    ) -> Result<(Vec<String>, Vec<String>), ServiceError> {
+        start_order(&specs)?;
+        let desired: BTreeMap<String, ServiceSpec> =
+            specs.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let current: BTreeMap<String, ServiceSpec> = lock(&self.services)
+            .iter()
+            .map(|(n, e)| (n.clone(), e.spec.clone()))
+            .collect();
+        let mut replaced: std::collections::BTreeSet<String> = current
+            .iter()
+            .filter(|(n, spec)| desired.get(*n) != Some(*spec))
+            .map(|(n, _)| n.clone())
+            .collect();
+        // A dependent keeps watching the status of the entry it was started with: replace
+        // it too when something it depends on is replaced.
+        loop {
+            let more: Vec<String> = current
+                .iter()
+                .filter(|(n, s)| {
+                    !replaced.contains(*n) && s.depends_on.iter().any(|d| replaced.contains(d))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            replaced.extend(more);
+        }
+        let mut order = self.start_order();
+        order.reverse();
+        let mut stopped = Vec::new();
+        for name in order.into_iter().filter(|n| replaced.contains(n)) {
+            let e = self.entry(&name)?;
+            e.want.send_modify(|w| {
+                w.run = false;
+                w.retired = true;
+            });
+            let _ = self.stop(&name).await;
+            lock(&self.services).remove(&name);
+            stopped.push(name);
+        }
+        let new: Vec<ServiceSpec> = desired
+            .into_values()
+            .filter(|s| !current.contains_key(&s.name) || replaced.contains(&s.name))
+            .collect();
+        let started = new.iter().map(|s| s.name.clone()).collect();
+        self.load(new)?;
+        Ok((stopped, started))
+    }
+
+    /// Stops every service in reverse dependency order (dependents before what they depend
+    /// on), each with its stop timeout. Returns the services that did not stop.
+    pub async fn shutdown(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        let mut order = self.start_order();
+        order.reverse();
+        for name in order {
+            let running = self
+                .status(&name)
+                .map(|s| !matches!(s.state, ServiceState::Stopped | ServiceState::Failed))
+                .unwrap_or(false);
+            if running && self.stop(&name).await.is_err() {
+                failed.push(name);
+            }
+        }
+        failed
+    }
+}
+
+/// The task running one service.
+struct Task {
+    entry: Arc<Entry>,
+    deps: Vec<watch::Receiver<ServiceStatus>>,
+    spawner: Arc<dyn Spawner>,
+    events: Arc<EventBus>,
+    tuning: Tuning,
+}
+
+/// Why a run ended.
+enum RunEnd {
+    Exited(Exit, Duration),
+    Stopped,
+}
+
+impl Task {
+    fn set(&self, state: ServiceState, pid: u32, message: String, generation: Option<u64>) {
+        let name = &self.entry.spec.name;
+        self.entry.status.send_modify(|s| {
+            s.state = state;
+            s.pid = pid;
+            s.healthy = false;
+            s.since = SystemTime::now();
+            s.message = message.clone();
+            if let Some(g) = generation {
+                s.generation = g;
+            }
+        });
+        let text = if message.is_empty() {
+            state.name().to_string()
+        } else {
+            format!("{}: {message}", state.name())
+        };
+        self.entry.logs.push(OutputStream::System, &text);
+        self.events.publish(EventKind::Service, name, text);
+    }
+
+    fn want(&self) -> Want {
+        *self.entry.want.borrow()
+    }
+
+    async fn run(self) {
+        let mut want_rx = self.entry.want.subscribe();
+        let mut failures: u32 = 0;
+        loop {
+            let want = *want_rx.borrow_and_update();
+            if !want.run {
+                let state = self.entry.status.borrow().state;
+                if !matches!(state, ServiceState::Stopped | ServiceState::Failed) {
+                    self.set(ServiceState::Stopped, 0, "stopped on request".into(), None);
+                }
+                if want.retired {
+                    return;
+                }
+                if want_rx.changed().await.is_err() {
+                    return;
+                }
+                failures = 0;
+                continue;
+            }
+            if !self.wait_for_deps(&mut want_rx, want).await {
+                continue;
+            }
+            match self.run_once(&mut want_rx, want).await {
+                RunEnd::Stopped => {
+                    failures = 0;
+                    let w = self.want();
+                    if w.run {
+                        self.entry.status.send_modify(|s| s.restarts += 1);
+                    }
+                }
+                RunEnd::Exited(exit, ran) => {
+                    if ran >= self.tuning.reset_after {
+                        failures = 0;
+                    }
+                    let restart = match self.entry.spec.restart {
+                        Restart::Always => true,
+                        Restart::OnFailure => !exit.success(),
+                        Restart::Never => false,
+                    };
+                    if !restart {
+                        let state = if exit.success() {
+                            ServiceState::Stopped
+                        } else {
+                            ServiceState::Failed
+                        };
+                        self.set(state, 0, exit.to_string(), None);
+                        self.entry.want.send_modify(|w| w.run = false);
+                        let _ = want_rx.borrow_and_update();
+                        if want_rx.changed().await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    failures += 1;
+                    if failures > self.tuning.restart_limit {
+                        self.set(
+                            ServiceState::Failed,
+                            0,
+                            format!(
+                                "{exit}; gave up after {} restarts in a row",
+                                self.tuning.restart_limit
+                            ),
+                            None,
+                        );
+                        self.entry.want.send_modify(|w| w.run = false);
+                        let _ = want_rx.borrow_and_update();
+                        if want_rx.changed().await.is_err() {
+                            return;
+                        }
+                        failures = 0;
+                        continue;
+                    }
+                    let delay = self.tuning.backoff(failures);
+                    self.set(
+                        ServiceState::Backoff,
+                        0,
+                        format!(
+                            "{exit}; restart {failures}/{} in {} ms",
+                            self.tuning.restart_limit,
+                            delay.as_millis()
+                        ),
+                        None,
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {
+                            self.entry.status.send_modify(|s| s.restarts += 1);
+                        }
+                        changed = want_rx.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            failures = 0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until every dependency is healthy; false when the wish changed meanwhile.
+    async fn wait_for_deps(&self, want_rx: &mut watch::Receiver<Want>, want: Want) -> bool {
+        let mut deps = self.deps.clone();
+        for dep in &mut deps {
+            if dep.borrow().healthy {
+                continue;
+            }
+            let name = dep.borrow().name.clone();
+            self.set(
+                ServiceState::Waiting,
+                0,
+                format!("waiting for {name}"),
+                Some(want.generation),
+            );
+            tokio::select! {
+                r = dep.wait_for(|s| s.healthy) => {
+                    if r.is_err() {
+                        return false;
+                    }
+                }
+                _ = want_rx.changed() => return false,
+            }
+        }
+        true
+    }
+
+    /// Starts the program and watches it until it exits or is stopped.
+    async fn run_once(&self, want_rx: &mut watch::Receiver<Want>, want: Want) -> RunEnd {
+        let name = self.entry.spec.name.clone();
+        self.set(
+            ServiceState::Starting,
+            0,
+            String::new(),
+            Some(want.generation),
+        );
+        let started = Instant::now();
+        let spawned = match self.spawner.spawn(&self.entry.spec) {
+            Ok(s) => s,
+            Err(e) => return RunEnd::Exited(self.note_spawn_error(&e), Duration::ZERO),
+        };
+        let pid = spawned.pid;
+        let logs = self.entry.logs.clone();
+        let mut output = spawned.output;
+        let drained = tokio::spawn(async move {
+            while let Some((stream, line)) = output.recv().await {
+                logs.push(stream, &line);
+            }
+        });
+        self.set(
+            ServiceState::Running,
+            pid,
+            format!("pid {pid}"),
+            Some(want.generation),
+        );
+        let mut exit = spawned.exit;
+        let healthy = tokio::time::sleep(self.tuning.healthy_after);
+        tokio::pin!(healthy);
+        let mut is_healthy = false;
+        let end = loop {
+            tokio::select! {
+                status = &mut exit => {
+                    let status = status.unwrap_or(Exit::Code(-1));
+                    break RunEnd::Exited(status, started.elapsed());
+                }
+                () = &mut healthy, if !is_healthy => {
+                    is_healthy = true;
+                    self.entry.status.send_modify(|s| s.healthy = true);
+                    self.events.publish(EventKind::Service, &name, format!("healthy (pid {pid})"));
+                }
+                changed = want_rx.changed() => {
+                    let now = *want_rx.borrow_and_update();
+                    if changed.is_err() || !now.run || now.generation != want.generation {
+                        self.stop_process(pid, &mut exit).await;
+                        break RunEnd::Stopped;
+                    }
+                }
+            }
+        };
+        // Keep the output that was written before the exit.
+        let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
+        if matches!(end, RunEnd::Stopped) {
+            self.set(ServiceState::Stopped, 0, "stopped on request".into(), None);
+        }
+        end
+    }
+
+    fn note_spawn_error(&self, e: &ServiceError) -> Exit {
+        self.entry.logs.push(OutputStream::System, &e.to_string());
+        Exit::Code(127)
+    }
+
+    /// SIGTERM to the group, SIGKILL after the stop timeout.
+    async fn stop_process(&self, pid: u32, exit: &mut tokio::sync::oneshot::Receiver<Exit>) {
+        let name = &self.entry.spec.name;
+        self.set(
+            ServiceState::Stopping,
+            pid,
+            format!("SIGTERM to pid {pid}"),
+            None,
+        );
+        if let Err(e) = self.spawner.signal(name, pid, StopSignal::Term) {
+            self.entry.logs.push(OutputStream::System, &e.to_string());
+        }
+        if tokio::time::timeout(self.tuning.stop_timeout, &mut *exit)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        self.entry.logs.push(
+            OutputStream::System,
+            &format!(
+                "still running after {} ms: SIGKILL",
+                self.tuning.stop_timeout.as_millis()
+            ),
+        );
+        if let Err(e) = self.spawner.signal(name, pid, StopSignal::Kill) {
+            self.entry.logs.push(OutputStream::System, &e.to_string());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), exit).await;
+    }
+}
