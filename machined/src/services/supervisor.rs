@@ -646,3 +646,102 @@ impl Task {
         let _ = tokio::time::timeout(Duration::from_secs(5), exit).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::process::{Spawned, StopSignal};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::sync::{mpsc, oneshot};
+
+    /// Processes that exit at once with a fixed code; counts spawns.
+    #[derive(Debug, Default)]
+    struct ExitAtOnce {
+        spawned: AtomicU32,
+    }
+
+    impl Spawner for ExitAtOnce {
+        fn spawn(&self, _spec: &ServiceSpec) -> Result<Spawned, ServiceError> {
+            let n = self.spawned.fetch_add(1, Ordering::SeqCst) + 1;
+            let (_out_tx, output) = mpsc::channel(1);
+            let (exit_tx, exit) = oneshot::channel();
+            let _ = exit_tx.send(Exit::Code(1));
+            Ok(Spawned {
+                pid: 1000 + n,
+                output,
+                exit,
+            })
+        }
+        fn signal(&self, _: &str, _: u32, _: StopSignal) -> Result<(), ServiceError> {
+            Ok(())
+        }
+    }
+
+    fn spec(name: &str, restart: Restart) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            command: "/bin/fake".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            depends_on: vec![],
+            restart,
+        }
+    }
+
+    #[tokio::test]
+    async fn restarts_with_backoff_then_fails_and_start_tries_again() {
+        let spawner = Arc::new(ExitAtOnce::default());
+        let events = Arc::new(EventBus::default());
+        let tuning = Tuning {
+            backoff_base: Duration::from_millis(10),
+            restart_limit: 3,
+            ..Tuning::default()
+        };
+        let sup = Arc::new(Supervisor::new(spawner.clone(), events.clone(), tuning));
+        sup.load(vec![
+            spec("flaky", Restart::Always),
+            spec("once", Restart::Never),
+        ])
+        .unwrap();
+        let mut rx = sup.entry("flaky").unwrap().status.subscribe();
+        let failed = tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|s| s.state == ServiceState::Failed),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+        assert_eq!(failed.restarts, 3);
+        assert!(
+            failed.message.contains("gave up after 3 restarts"),
+            "{failed:?}"
+        );
+        let delays: Vec<String> = events
+            .history()
+            .iter()
+            .filter(|e| e.subject == "flaky" && e.message.starts_with("backoff"))
+            .map(|e| e.message.rsplit(" in ").next().unwrap().to_string())
+            .collect();
+        assert_eq!(delays, ["10 ms", "20 ms", "40 ms"]);
+        // A service that is never restarted fails after one run.
+        let once = sup.status("once").unwrap();
+        assert_eq!(once.state, ServiceState::Failed, "{once:?}");
+        assert_eq!(once.message, "exited with code 1");
+        // Start gives it a fresh series of tries.
+        let before = spawner.spawned.load(Ordering::SeqCst);
+        sup.start("flaky").await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|s| s.state == ServiceState::Failed && s.restarts == 6),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(spawner.spawned.load(Ordering::SeqCst) >= before + 4);
+        assert!(matches!(
+            sup.stop("nope").await,
+            Err(ServiceError::NotFound(_))
+        ));
+    }
+}
