@@ -452,23 +452,41 @@ fn node_boot_backend(
 
 /// Commits the booted slot once the health checks pass; reboots when a trial boot does not
 /// become healthy within [`node_boot::TRIAL_DEADLINE`] (see [`machined::node_boot`]).
+///
+/// `mark_good` runs after every healthy boot, not only after a trial: the boot script
+/// decrements the booted slot's counter on every boot, so a committed slot must get it back
+/// (otherwise a few ordinary reboots use it up and the bootloader silently falls back to
+/// the other, older slot), and a boot that the script fell back to after a failed trial
+/// (the trial is the *other* slot) records that failure (`last_failed`) and takes the
+/// failed slot out of the order. If an upgrade activated a new trial meanwhile, the commit
+/// is skipped: that trial must not be mistaken for a failed one.
 async fn commit_when_healthy(node: Arc<node::Node>, booted: Slot, check: node_boot::HealthCheck) {
     let dir = node.state_dir.clone();
     let status = node.boot.lock().map(|b| b.status()).map_err(|_| ());
-    match status {
-        Ok(Ok(s)) if s.committed => {
-            console(&dir, &format!("slot {booted} is committed"));
-            return;
-        }
-        Ok(Ok(_)) => console(
-            &dir,
-            &format!("slot {booted} is on trial: running health checks"),
-        ),
+    let initial = match status {
+        Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             console(&dir, &format!("boot status: {e}; not committing"));
             return;
         }
         Err(_) => return,
+    };
+    let on_trial = !initial.committed;
+    match initial.trial {
+        Some(trial) if trial == booted => console(
+            &dir,
+            &format!("slot {booted} is on trial: running health checks"),
+        ),
+        Some(failed) => console(
+            &dir,
+            &format!(
+                "slot {booted} booted while slot {failed} was on trial: the trial failed; running health checks"
+            ),
+        ),
+        None => console(
+            &dir,
+            &format!("slot {booted} is committed: running health checks"),
+        ),
     }
     let started = std::time::Instant::now();
     let mut last = Vec::new();
@@ -478,11 +496,30 @@ async fn commit_when_healthy(node: Arc<node::Node>, booted: Slot, check: node_bo
             let result = node
                 .boot
                 .lock()
-                .map(|mut b| b.mark_good(booted))
+                .map(
+                    |mut b| -> Result<bool, basalt_bootloader::BootloaderError> {
+                        if b.status()?.trial != initial.trial {
+                            return Ok(false);
+                        }
+                        b.mark_good(booted)?;
+                        Ok(true)
+                    },
+                )
                 .map_err(|_| ());
             match result {
-                Ok(Ok(())) => {
-                    let message = format!("health checks passed: slot {booted} committed");
+                Ok(Ok(committed)) => {
+                    let message = match (committed, on_trial, initial.trial) {
+                        (true, true, _) => format!("health checks passed: slot {booted} committed"),
+                        (true, false, Some(failed)) => format!(
+                            "health checks passed: slot {booted} committed; slot {failed} recorded as the last failed trial"
+                        ),
+                        (true, false, None) => format!(
+                            "health checks passed: slot {booted} committed, boot counter restored"
+                        ),
+                        (false, _, _) => format!(
+                            "health checks passed; slot {booted} not marked good: an upgrade activated a new trial meanwhile"
+                        ),
+                    };
                     console(&dir, &message);
                     node.events
                         .publish(EventKind::Boot, &format!("slot {booted}"), message);
@@ -496,7 +533,8 @@ async fn commit_when_healthy(node: Arc<node::Node>, booted: Slot, check: node_bo
             console(&dir, &format!("health: waiting for {}", failing.join("; ")));
             last = failing;
         }
-        if started.elapsed() > node_boot::TRIAL_DEADLINE {
+        // Only a trial boot is abandoned: a committed slot is the known-good one.
+        if on_trial && started.elapsed() > node_boot::TRIAL_DEADLINE {
             console(
                 &dir,
                 &format!(

@@ -9,7 +9,12 @@
 //! - [`Qemu`]: a booted machine whose console is captured (and saved to a log file), killed
 //!   when dropped — also when an assertion fails;
 //! - [`basaltctl`]: the CLI built by the same `cargo test --workspace` run;
-//! - [`free_port`]: a free TCP port on 127.0.0.1 for a host forward.
+//! - [`free_port`]: a free TCP port on 127.0.0.1 for a host forward;
+//! - [`rig`]: a configured node on one disk file, power-cycled by relaunching QEMU;
+//! - [`slot_tools`]: bad slots, signed bundles of them, and bytes flipped in a slot on disk.
+
+pub mod rig;
+pub mod slot_tools;
 
 use basalt_boards::Board;
 use basalt_image::compose::{BuildOutput, BuildRequest, build};

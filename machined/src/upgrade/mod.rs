@@ -38,3 +38,5 @@ pub use engine::{
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_readback;

@@ -11,17 +11,19 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-const SLOT: usize = 128 << 10;
+pub(super) const SLOT: usize = 128 << 10;
 
-struct TestCtx {
+pub(super) struct TestCtx {
     keys: Mutex<Option<UpdateTrust>>,
     boot: Mutex<Box<dyn Bootloader + Send>>,
-    reboots: AtomicU32,
-    log: Mutex<Vec<String>>,
+    pub(super) reboots: AtomicU32,
+    /// `activate` calls that reached the bootloader.
+    pub(super) activations: AtomicU32,
+    pub(super) log: Mutex<Vec<String>>,
 }
 
 impl TestCtx {
-    fn new(key: &SigningKey) -> Arc<TestCtx> {
+    pub(super) fn new(key: &SigningKey) -> Arc<TestCtx> {
         Arc::new(TestCtx {
             keys: Mutex::new(Some(UpdateTrust {
                 keys: vec![key.verifying_key()],
@@ -29,11 +31,12 @@ impl TestCtx {
             })),
             boot: Mutex::new(Box::new(UbootBootloader::in_memory(Some(Slot::A)))),
             reboots: AtomicU32::new(0),
+            activations: AtomicU32::new(0),
             log: Mutex::new(Vec::new()),
         })
     }
 
-    fn status(&self) -> BootStatus {
+    pub(super) fn status(&self) -> BootStatus {
         self.boot.lock().unwrap().status().unwrap()
     }
 }
@@ -49,6 +52,7 @@ impl UpgradeContext for TestCtx {
         self.boot.lock().unwrap().prepare_update(target)
     }
     fn activate(&self, target: Slot, tries: u32) -> Result<(), BootloaderError> {
+        self.activations.fetch_add(1, Ordering::SeqCst);
         self.boot.lock().unwrap().activate(target, tries)
     }
     fn reboot(&self) -> Result<(), String> {
@@ -61,7 +65,7 @@ impl UpgradeContext for TestCtx {
 }
 
 /// Deterministic pseudo-random bytes.
-fn image(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn image(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -73,7 +77,7 @@ fn image(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn bundle(dir: &Path, img: &[u8], meta: BundleMeta, key: &SigningKey) -> Vec<u8> {
+pub(super) fn bundle(dir: &Path, img: &[u8], meta: BundleMeta, key: &SigningKey) -> Vec<u8> {
     let src = dir.join(format!("slot-{}.img", meta.version));
     let out = dir.join(format!("{}-{}.bundle", meta.board, meta.version));
     std::fs::write(&src, img).unwrap();
@@ -81,7 +85,7 @@ fn bundle(dir: &Path, img: &[u8], meta: BundleMeta, key: &SigningKey) -> Vec<u8>
     std::fs::read(out).unwrap()
 }
 
-fn meta(board: &str, version: &str) -> BundleMeta {
+pub(super) fn meta(board: &str, version: &str) -> BundleMeta {
     let mut m = BundleMeta::new(board, version, "aarch64", 1_700_000_000, [3; 32]);
     m.chunk_size = 4096;
     m
@@ -130,7 +134,7 @@ impl Fx {
     }
 }
 
-fn feed_all(
+pub(super) fn feed_all(
     s: &mut UpgradeSession,
     data: &[u8],
     from: u64,
