@@ -10,8 +10,7 @@
 //!
 //! `qemu-x86_64`: the same image shape on `q35` with OVMF (`BOOTX64.EFI`), the x86_64
 //! machined and Debian's amd64 kernel: maintenance → configured, then an upgrade A → B
-//! that boots B and is committed by the health check. Ignored until it has run once: it
-//! needs the x86_64 node build, which did not fit the session that wrote it.
+//! that boots B and is committed by the health check.
 //!
 //! QEMU runs with `-no-reboot`, so each reboot ends the process and the test starts a new
 //! one on the same disk and firmware vars (a power cycle). Every QEMU is killed when its
@@ -224,7 +223,6 @@ fn arm64_uefi_boots_through_systemd_boot_and_falls_back_after_a_bad_update() {
 }
 
 #[test]
-#[ignore = "not yet run: needs the x86_64 node build (scripts/build-node x86_64); run with --ignored"]
 fn qemu_x86_64_boots_with_ovmf_configures_and_upgrades_a_to_b() {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-uefi-x86_64");
     std::fs::create_dir_all(&root).unwrap();
