@@ -13,6 +13,11 @@
 //! | `rollback()` | the other slot (which must be bootable) boots next, on trial; the current one stays behind it as the fallback |
 //!
 //! Each operation is one atomic write of the backend's storage.
+//!
+//! One more step, `install_slot_boot_files(target, device)`, runs between writing a slot and
+//! `activate`: backends whose bootloader cannot read the slot partition (systemd-boot loads
+//! kernels only from the ESP) copy the slot's kernel and initramfs to their own storage
+//! there. The default does nothing (U-Boot and the Pi firmware load from the slot).
 
 use crate::slot::{BootStatus, Slot};
 
@@ -47,4 +52,15 @@ pub trait Bootloader {
     fn mark_bad(&mut self, slot: Slot) -> Result<(), BootloaderError>;
     /// Switches back to the other slot; returns the slot that boots next.
     fn rollback(&mut self) -> Result<Slot, BootloaderError>;
+    /// Copies what the bootloader needs to boot `target` from the freshly written slot
+    /// `device` (a partition or image file holding the slot's FAT) to where the bootloader
+    /// reads it; called after `prepare_update` and the slot write, before `activate`.
+    fn install_slot_boot_files(
+        &mut self,
+        target: Slot,
+        device: &std::path::Path,
+    ) -> Result<(), BootloaderError> {
+        let _ = (target, device);
+        Ok(())
+    }
 }

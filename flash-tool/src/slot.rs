@@ -8,7 +8,11 @@
 //!    write never leaves it bootable;
 //! 3. each payload chunk is read and checked against the signed chunk table before it is
 //!    written; fdatasync; read-back verification against the same hashes;
-//! 4. `activate(slot, tries)`: the next boot tries the new slot with boot counting, and
+//! 4. on systemd-boot (UEFI boards), which loads kernels only from the ESP, the slot's
+//!    kernel and initramfs are copied from the written slot onto the ESP and its loader
+//!    entry rewritten, still marked bad
+//!    ([`basalt_bootloader::systemd_boot::install_slot_boot`]);
+//! 5. `activate(slot, tries)`: the next boot tries the new slot with boot counting, and
 //!    falls back to the other one if it never commits.
 //!
 //! The bootloader is found on the BOOT partition as `basalt-boot` does: a U-Boot env file
@@ -22,7 +26,9 @@ use basalt_bootloader::env::{EnvLayout, UbootEnv};
 use basalt_bootloader::esp_env_store::EspFileStore;
 use basalt_bootloader::partition_table::PartitionTable;
 use basalt_bootloader::slot::Slot;
-use basalt_bootloader::systemd_boot::{EspFs, FatEsp, SystemdBoot};
+use basalt_bootloader::systemd_boot::{
+    EspFs, FatEsp, SlotBootFiles, SystemdBoot, install_slot_boot,
+};
 use basalt_bootloader::uboot_backend::UbootBootloader;
 use basalt_image::bundle::{BundleReader, load_verifying_key};
 
@@ -132,6 +138,42 @@ fn open_bootloader(
     ))
 }
 
+/// On a systemd-boot ESP: copies the kernel and initramfs of the slot just written (the FAT
+/// in `part`) onto the ESP and rewrites its entry (still bad until `activate`). Other
+/// bootloaders read the slot partition themselves: nothing to do.
+fn install_esp_kernel(
+    device: &Path,
+    boot: (u64, u64),
+    part: &basalt_bootloader::partition_table::Partition,
+    slot: Slot,
+    board: &basalt_boards::Board,
+) -> Result<(), String> {
+    let esp = FatEsp::open(device, boot.0, boot.1)
+        .map_err(|e| e.to_string())?
+        .with_label(&format!("BOOT of {}", device.display()));
+    if esp.exists("uboot.env").map_err(|e| e.to_string())?
+        || !esp.exists("loader/entries").map_err(|e| e.to_string())?
+    {
+        return Ok(());
+    }
+    let source = FatEsp::open(device, part.start, part.size)
+        .map_err(|e| e.to_string())?
+        .with_label(&format!(
+            "{} of {}",
+            slot.partition_label(),
+            device.display()
+        ));
+    let mut sd = SystemdBoot::new(esp, None);
+    install_slot_boot(
+        &mut sd,
+        slot,
+        &source,
+        &SlotBootFiles::new(&board.kernel.slot_file),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
 /// Writes one slot (module documentation).
 pub fn write_slot(opts: &SlotOptions, reporter: &dyn Reporter) -> Result<SlotReport, SlotError> {
     let rejected = |reason: String| SlotError::Rejected {
@@ -213,6 +255,14 @@ pub fn write_slot(opts: &SlotOptions, reporter: &dyn Reporter) -> Result<SlotRep
         crate::verify::verify(&mut target, &written, reporter, &dev_name)?;
     }
     drop(target);
+    install_esp_kernel(
+        &opts.device,
+        (boot.start, boot.size),
+        &part,
+        opts.slot,
+        &board,
+    )
+    .map_err(bl_err)?;
     let (_, mut bl) =
         open_bootloader(&opts.device, (boot.start, boot.size), env_size).map_err(bl_err)?;
     bl.activate(opts.slot, opts.tries)

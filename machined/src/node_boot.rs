@@ -5,7 +5,8 @@
 //! basalt-image). The board's data file says where the A/B state lives: U-Boot boards whose
 //! env is a file on BOOT (`uboot.env`, kept by the boot script or by U-Boot's `saveenv`) →
 //! [`UbootBootloader`] over that file on the mounted BOOT; UEFI boards → systemd-boot's
-//! loader entries on the ESP; Raspberry Pi tryboot → `autoboot.txt`. An env in SPI flash
+//! loader entries on the ESP (an upgrade also copies the new slot's kernel and initramfs
+//! there, as systemd-boot reads kernels only from the ESP); Raspberry Pi tryboot → `autoboot.txt`. An env in SPI flash
 //! (U-Boot in a module's QSPI) is not reachable from the node yet and is refused with a
 //! message saying so.
 //!
@@ -19,7 +20,7 @@
 
 use basalt_boards::{Board, BootloaderFamily, EnvStorageKind};
 use basalt_bootloader::env::{EnvLayout, FileStore, UbootEnv};
-use basalt_bootloader::systemd_boot::{DirEsp, SystemdBoot};
+use basalt_bootloader::systemd_boot::{DirEsp, SlotBootFiles, SystemdBoot};
 use basalt_bootloader::tryboot::{SlotPartitions, Tryboot};
 use basalt_bootloader::uboot_backend::UbootBootloader;
 use basalt_bootloader::{Bootloader, Slot};
@@ -96,7 +97,11 @@ pub fn open_bootloader(
         BootloaderFamily::UefiSystemdBoot => {
             let esp = DirEsp::new(boot_dir);
             let name = format!("systemd-boot entries on {}", boot_dir.display());
-            Ok((Box::new(SystemdBoot::new(esp, Some(booted))), name))
+            // systemd-boot loads kernels only from the ESP: an upgrade copies the slot's
+            // kernel (the board's slot file) and initramfs there.
+            let boot = SystemdBoot::new(esp, Some(booted))
+                .with_slot_files(SlotBootFiles::new(&board.kernel.slot_file));
+            Ok((Box::new(boot), name))
         }
         BootloaderFamily::RpiTryboot => {
             let esp = DirEsp::new(boot_dir);

@@ -6,6 +6,9 @@
 //!
 //! - [`node_machined`]: the static machined for a node (`scripts/build-node`), once per run;
 //! - [`build_image`]: a board's disk image around it, into the test's temp folder;
+//! - [`node_machined_for`]: the same for another architecture (x86_64 nodes);
+//! - [`UefiFirmware`]: per-test copies of the UEFI firmware (QEMU's pflash wants its own
+//!   writable vars store, and on arm64 both images padded to 64 MiB);
 //! - [`Qemu`]: a booted machine whose console is captured (and saved to a log file), killed
 //!   when dropped — also when an assertion fails;
 //! - [`basaltctl`]: the CLI built by the same `cargo test --workspace` run;
@@ -58,28 +61,39 @@ pub fn require_qemu_arm64() {
 /// The static aarch64 machined, built by `scripts/build-node aarch64` (once per process;
 /// incremental after the first build).
 pub fn node_machined() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
+    node_machined_for("aarch64")
+}
+
+/// The static machined for `arch` (`aarch64` or `x86_64`), built by `scripts/build-node`
+/// (once per process and architecture).
+pub fn node_machined_for(arch: &str) -> PathBuf {
+    static BUILT_AARCH64: OnceLock<PathBuf> = OnceLock::new();
+    static BUILT_X86_64: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match arch {
+        "aarch64" => &BUILT_AARCH64,
+        "x86_64" => &BUILT_X86_64,
+        other => panic!("no node build for architecture {other}"),
+    };
+    cell.get_or_init(|| {
             let root = repo();
             let start = Instant::now();
             let out = Command::new("bash")
                 .arg(root.join("scripts/build-node"))
-                .arg("aarch64")
+                .arg(arch)
                 .current_dir(&root)
                 .output()
                 .expect("bash runs scripts/build-node");
             assert!(
                 out.status.success(),
-                "scripts/build-node aarch64 failed (run scripts/setup-host for the cross toolchain):\n{}{}",
+                "scripts/build-node {arch} failed (run scripts/setup-host for the cross toolchain):\n{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
             eprintln!(
-                "scripts/build-node aarch64: {:.0} s",
+                "scripts/build-node {arch}: {:.0} s",
                 start.elapsed().as_secs_f64()
             );
-            root.join("target/node/aarch64/machined")
+            root.join(format!("target/node/{arch}/machined"))
         })
         .clone()
 }
@@ -151,7 +165,109 @@ pub struct Qemu {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Writable copies of a UEFI board's pflash images for one machine.
+#[derive(Debug, Clone)]
+pub struct UefiFirmware {
+    /// The code image (read-only to QEMU).
+    pub code: PathBuf,
+    /// The variable store (writable, starts as the board's template or empty).
+    pub vars: PathBuf,
+}
+
+impl UefiFirmware {
+    /// Prepares the firmware of `board` (its `[qemu] pflash_code` / `pflash_vars`) in `dir`:
+    /// on `virt` (arm64) QEMU wants both flashes exactly 64 MiB, so the code is padded and
+    /// the vars store is an empty 64 MiB file; on x86_64 the OVMF vars template is copied.
+    /// Panics naming the missing package.
+    pub fn prepare(board: &Board, dir: &Path) -> UefiFirmware {
+        let q = board
+            .qemu
+            .as_ref()
+            .unwrap_or_else(|| panic!("board {} has no [qemu] section", board.name));
+        let code_src = PathBuf::from(
+            q.pflash_code
+                .as_deref()
+                .unwrap_or_else(|| panic!("board {} has no pflash_code", board.name)),
+        );
+        assert!(
+            code_src.exists(),
+            "{} is missing (packages qemu-efi-aarch64 / ovmf): run scripts/setup-host",
+            code_src.display()
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let code = dir.join("uefi-code.fd");
+        let vars = dir.join("uefi-vars.fd");
+        std::fs::copy(&code_src, &code).expect("copy the UEFI code image");
+        match q.pflash_vars.as_deref() {
+            Some(template) => {
+                std::fs::copy(template, &vars).expect("copy the UEFI vars template");
+            }
+            None => {
+                const FLASH: u64 = 64 << 20;
+                File::options()
+                    .write(true)
+                    .open(&code)
+                    .and_then(|f| f.set_len(FLASH))
+                    .expect("pad the UEFI code image");
+                File::create(&vars)
+                    .and_then(|f| f.set_len(FLASH))
+                    .expect("create the UEFI vars store");
+            }
+        }
+        UefiFirmware { code, vars }
+    }
+}
+
 impl Qemu {
+    /// Boots `disk` on a UEFI board (`arm64-uefi`: `virt`; `qemu-x86_64`: `q35`) from
+    /// `firmware` as pflash, through systemd-boot on the disk's ESP; the disk and, with
+    /// `api_port`, a virtio network (QEMU's user network, 127.0.0.1:`api_port` forwarded to
+    /// the node's port 50000) are PCI devices, the disk first in the boot order. The
+    /// console (first serial port) goes to `log` as well.
+    pub fn boot_uefi(
+        board: &Board,
+        firmware: &UefiFirmware,
+        disk: &Path,
+        log: &Path,
+        api_port: Option<u16>,
+    ) -> Qemu {
+        let q = board
+            .qemu
+            .as_ref()
+            .unwrap_or_else(|| panic!("board {} has no [qemu] section", board.name));
+        let mut cmd = Command::new(&q.binary);
+        cmd.args(["-M", &q.machine]);
+        if let Some(cpu) = &q.cpu {
+            cmd.args(["-cpu", cpu]);
+        }
+        cmd.args(["-m", &q.memory_mib.to_string(), "-smp", "1"])
+            .args(["-nographic", "-accel", "tcg", "-no-reboot"])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                firmware.code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                firmware.vars.display()
+            ))
+            .arg("-drive")
+            .arg(format!("if=none,file={},format=raw,id=d", disk.display()))
+            .args(["-device", "virtio-blk-pci,drive=d,bootindex=0"]);
+        match api_port {
+            Some(port) => {
+                cmd.arg("-netdev")
+                    .arg(format!("user,id=n,hostfwd=tcp:127.0.0.1:{port}-:50000"))
+                    .args(["-device", "virtio-net-pci,netdev=n,romfile="]);
+            }
+            None => {
+                cmd.args(["-nic", "none"]);
+            }
+        }
+        Self::spawn(cmd, log)
+    }
+
     /// Boots `disk` as the qemu-arm64 board boots: Debian's U-Boot from `-bios`, the disk
     /// on virtio-mmio; with `api_port`, a virtio network on QEMU's user network (DHCP)
     /// with 127.0.0.1:`api_port` forwarded to the node's API port 50000. The console goes

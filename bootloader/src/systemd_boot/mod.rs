@@ -28,6 +28,10 @@
 //! `prepare_update` and `activate`. `activate` refuses a slot whose kernel is missing
 //! (systemd-boot would silently skip the entry).
 //!
+//! Kernels: systemd-boot reads them only from the ESP, so each slot's kernel and initramfs
+//! are copied to `basalt/<a|b>/` there after the slot is written and before `activate`
+//! ([`slot_boot`], [`Bootloader::install_slot_boot_files`]).
+//!
 //! Limits: EFI variables (`LoaderEntryDefault`, `LoaderEntryOneShot`) would override the
 //! choice; Basalt never sets them and the model assumes they are unset. A slot booted on its
 //! last try is already renamed to `+0-N` by systemd-boot: it reports as bad until
@@ -43,11 +47,13 @@ pub mod esp;
 pub mod fat;
 mod fat_fix;
 pub mod install;
+pub mod slot_boot;
 
 pub use entry::{BootCounter, ENTRIES_DIR, EntryFileName, LOADER_CONF, SORT_KEY};
 pub use esp::{DirEntry, DirEsp, EspError, EspFs};
 pub use fat::{FatEsp, FatType, FileSlice, format_fat};
 pub use install::{EntrySet, InactiveSlot, LoaderConfig, SlotEntry, install_entry_set};
+pub use slot_boot::{SlotBootFiles, install_slot_boot};
 
 use crate::backend::{Bootloader, BootloaderError};
 use crate::slot::{BootStatus, Slot, SlotState};
@@ -146,13 +152,25 @@ impl EspState {
 pub struct SystemdBoot<E: EspFs> {
     esp: E,
     booted: Option<Slot>,
+    slot_files: Option<SlotBootFiles>,
 }
 
 impl<E: EspFs> SystemdBoot<E> {
     /// The backend on `esp`; `booted` is the running slot (`basalt.slot=` on the kernel
     /// command line), `None` when working on an image from outside.
     pub fn new(esp: E, booted: Option<Slot>) -> Self {
-        SystemdBoot { esp, booted }
+        SystemdBoot {
+            esp,
+            booted,
+            slot_files: None,
+        }
+    }
+
+    /// Where the kernel and initramfs are inside a slot partition, for
+    /// [`Bootloader::install_slot_boot_files`] (which refuses without it).
+    pub fn with_slot_files(mut self, files: SlotBootFiles) -> Self {
+        self.slot_files = Some(files);
+        self
     }
 
     /// The ESP.
@@ -477,5 +495,26 @@ impl<E: EspFs> Bootloader for SystemdBoot<E> {
 
     fn rollback(&mut self) -> Result<Slot, BootloaderError> {
         self.do_rollback().map_err(|e| self.map_err(e))
+    }
+
+    /// Copies the slot's kernel and initramfs from the slot partition `device` to the ESP
+    /// and writes its entry (still bad until `activate`): [`install_slot_boot`].
+    fn install_slot_boot_files(
+        &mut self,
+        target: Slot,
+        device: &std::path::Path,
+    ) -> Result<(), BootloaderError> {
+        let files = self.slot_files.clone().ok_or_else(|| {
+            BootloaderError::Refused(format!(
+                "systemd-boot on {} does not know the slot's file names",
+                self.esp.describe()
+            ))
+        })?;
+        let source = FatEsp::open_whole(device)
+            .map(|f| f.with_label(&format!("slot {target}")))
+            .map_err(|e| self.map_err(e.into()))?;
+        install_slot_boot(self, target, &source, &files)
+            .map(|_| ())
+            .map_err(|e| self.map_err(e))
     }
 }

@@ -9,8 +9,10 @@
 //! 4. system slot: a FAT partition image with the kernel, DTBs, initramfs, `rootfs.img`
 //!    (squashfs + hash tree) and `basalt/slot.env` (the verity root hash, read by the boot
 //!    script and passed as `basalt.roothash=`);
-//! 5. BOOT: FAT with the boot script (`boot.scr`), the initial U-Boot env (slot A active and
-//!    committed), firmware, U-Boot and overlay files;
+//! 5. BOOT: on U-Boot boards FAT with the boot script (`boot.scr`), the initial U-Boot env
+//!    (slot A active and committed), firmware, U-Boot and overlay files; on UEFI boards the
+//!    EFI system partition with systemd-boot, `loader.conf`, one entry per slot with boot
+//!    counting (slot A blessed) and slot A's kernel and initramfs ([`uefi`]);
 //! 6. STATE and DATA: empty ext4;
 //! 7. the disk: partition table and partitions, written sparse.
 //!
@@ -19,13 +21,17 @@
 //! derive from the board name and version, and every timestamp from `SOURCE_DATE_EPOCH`,
 //! so the same inputs give byte-identical artefacts.
 //!
-//! Limits: the U-Boot script family is composed here; UEFI (systemd-boot) and firmware
-//! tryboot boards are refused with a clear error until their BOOT layout lands.
+//! On UEFI boards the slot also carries `basalt/cmdline` (console and kernel arguments), so
+//! an upgrade can write the new slot's loader entry from the slot alone.
+//!
+//! Limits: U-Boot script and UEFI systemd-boot boards are composed here; firmware tryboot
+//! boards are refused with a clear error until their BOOT layout lands.
 
 pub mod assemble;
 pub mod ext4;
 pub mod fat_volume;
 pub mod outputs;
+pub mod uefi;
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +56,8 @@ const BOOT_CMD_TEMPLATE: &str = include_str!("../../../overlays/common/u-boot/bo
 
 /// File names inside a system slot.
 pub const SLOT_INITRD: &str = "initrd.img";
+/// The console and kernel arguments inside a slot of a UEFI board.
+pub use basalt_bootloader::systemd_boot::slot_boot::SLOT_CMDLINE;
 /// The root filesystem (squashfs + dm-verity hash tree) inside a slot.
 pub const SLOT_ROOTFS: &str = "rootfs.img";
 
@@ -185,14 +193,39 @@ fn script_params(board: &Board, plan: &DiskPlan) -> Result<BootScriptParams, Com
     Ok(params)
 }
 
+/// BOOT of a U-Boot board at `boot_image`: boot script, initial env, firmware and U-Boot.
+fn uboot_boot(
+    board: &Board,
+    plan: &DiskPlan,
+    inputs: &BoardInputs,
+    mtime: u32,
+    boot_image: &Path,
+    boot_size: u64,
+) -> Result<(), ComposeError> {
+    let params = script_params(board, plan)?;
+    let boot_scr = build_boot_scr(BOOT_CMD_TEMPLATE, &params, "Basalt boot script", mtime)
+        .map_err(step("build boot.scr"))?;
+    let mut boot_files = vec![("boot.scr".to_string(), FatContent::Bytes(boot_scr))];
+    if let EnvStorage::FatFile { file_name, size } = &params.env_storage {
+        let env = serialize(&EnvLayout::single(*size as usize), &initial_vars(), 0)
+            .map_err(step("serialize the initial U-Boot env"))?;
+        boot_files.push((file_name.clone(), FatContent::Bytes(env)));
+    }
+    for f in &inputs.boot_files {
+        boot_files.push((f.dest.clone(), FatContent::File(f.source.clone())));
+    }
+    build_fat(boot_image, boot_size, "BOOT", &boot_files).map_err(step("build BOOT"))
+}
+
 /// Builds every artefact of `req` into `req.out`.
 pub fn build(req: &BuildRequest) -> Result<BuildOutput, ComposeError> {
     let board = &req.board;
-    if board.boot.family != BootloaderFamily::UBootScript {
+    if board.boot.family == BootloaderFamily::RpiTryboot {
         return Err(ComposeError::Unsupported {
             board: board.name.clone(),
             reason: format!(
-                "composing {} boards is not implemented yet (only u-boot-script boards are)",
+                "composing {} boards is not implemented yet (u-boot-script and \
+                 uefi-systemd-boot boards are)",
                 board.boot.family.as_str()
             ),
         });
@@ -239,6 +272,7 @@ fn compose(req: &BuildRequest, work: &Path, out: &Path) -> Result<BuildOutput, C
     };
     let plan =
         disk::plan(table, &partition_requests(board)).map_err(step("plan the disk layout"))?;
+    let uefi = board.boot.family == BootloaderFamily::UefiSystemdBoot;
 
     // 1. inputs
     let inputs: BoardInputs = prepare_inputs(board, &req.kernel, &req.cache, &work.join("inputs"))
@@ -306,7 +340,7 @@ fn compose(req: &BuildRequest, work: &Path, out: &Path) -> Result<BuildOutput, C
             board.kernel.slot_file.clone(),
             FatContent::File(inputs.kernel.image.clone()),
         ),
-        (SLOT_INITRD.to_string(), FatContent::File(initrd)),
+        (SLOT_INITRD.to_string(), FatContent::File(initrd.clone())),
         (
             "basalt/slot.env".to_string(),
             FatContent::Bytes(
@@ -325,6 +359,12 @@ fn compose(req: &BuildRequest, work: &Path, out: &Path) -> Result<BuildOutput, C
             FatContent::Bytes(format!("{}\n", board.name).into_bytes()),
         ),
     ];
+    if uefi {
+        slot_files.push((
+            SLOT_CMDLINE.to_string(),
+            FatContent::Bytes(format!("{}\n", uefi::kernel_args(board)).into_bytes()),
+        ));
+    }
     for (name, file) in &inputs.kernel.dtbs {
         slot_files.push((format!("dtbs/{name}"), FatContent::File(file.clone())));
     }
@@ -334,21 +374,21 @@ fn compose(req: &BuildRequest, work: &Path, out: &Path) -> Result<BuildOutput, C
         .map_err(step("build the system slot"))?;
 
     // 5. BOOT
-    let params = script_params(board, &plan)?;
-    let boot_scr = build_boot_scr(BOOT_CMD_TEMPLATE, &params, "Basalt boot script", mtime)
-        .map_err(step("build boot.scr"))?;
-    let mut boot_files = vec![("boot.scr".to_string(), FatContent::Bytes(boot_scr))];
-    if let EnvStorage::FatFile { file_name, size } = &params.env_storage {
-        let env = serialize(&EnvLayout::single(*size as usize), &initial_vars(), 0)
-            .map_err(step("serialize the initial U-Boot env"))?;
-        boot_files.push((file_name.clone(), FatContent::Bytes(env)));
-    }
-    for f in &inputs.boot_files {
-        boot_files.push((f.dest.clone(), FatContent::File(f.source.clone())));
-    }
     let boot_size = plan.by_label("BOOT").map(|p| p.request.size).unwrap_or(0);
     let boot_image = work.join("boot.img");
-    build_fat(&boot_image, boot_size, "BOOT", &boot_files).map_err(step("build BOOT"))?;
+    if uefi {
+        uefi::build_esp(
+            &boot_image,
+            boot_size,
+            board,
+            &req.version,
+            &inputs,
+            &initrd,
+            &root_hash,
+        )?;
+    } else {
+        uboot_boot(board, &plan, &inputs, mtime, &boot_image, boot_size)?;
+    }
 
     // 6. STATE and DATA
     let mut images = vec![("BOOT".to_string(), boot_image)];

@@ -20,8 +20,10 @@
 //! 4. **Read-back** ([`UpgradeSession::readback`]): fsync, drop the slot's cached pages,
 //!    read the whole slot and hash it chunk by chunk and whole; a mismatch refuses the
 //!    activation, names the first bad chunk and rewinds the progress to it.
-//! 5. **Activate** ([`UpgradeSession::activate`]): `activate(target, tries)` in one
-//!    bootloader write, the progress record is removed, and the node reboots through
+//! 5. **Activate** ([`UpgradeSession::activate`]): the bootloader copies what it needs from
+//!    the verified slot (`install_slot_boot_files`: on UEFI boards the kernel and initramfs
+//!    onto the ESP and the slot's loader entry, still marked bad), then `activate(target,
+//!    tries)` in one bootloader write, the progress record is removed, and the node reboots through
 //!    [`UpgradeContext::reboot`] unless the upgrade is staged.
 //!
 //! Dropping a session before it finished (a cut stream) syncs the slot and records the
@@ -698,6 +700,11 @@ impl UpgradeSession {
                 "activate before a successful read-back",
             ));
         }
+        let device = &self.target.slot_devices[match p.slot {
+            Slot::A => 0,
+            Slot::B => 1,
+        }];
+        self.ctx.install_slot_boot_files(p.slot, device)?;
         self.ctx.activate(p.slot, p.tries)?;
         self.finished = true;
         self.store.clear()?;

@@ -39,6 +39,18 @@ impl UpgradeContext for NodeContext {
             .prepare_update(target)
     }
 
+    fn install_slot_boot_files(
+        &self,
+        target: Slot,
+        device: &std::path::Path,
+    ) -> Result<(), BootloaderError> {
+        self.0
+            .boot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .install_slot_boot_files(target, device)
+    }
+
     fn activate(&self, target: Slot, tries: u32) -> Result<(), BootloaderError> {
         self.0
             .boot

@@ -51,6 +51,12 @@ impl UpgradeContext for TestCtx {
     fn prepare_update(&self, target: Slot) -> Result<(), BootloaderError> {
         self.boot.lock().unwrap().prepare_update(target)
     }
+    fn install_slot_boot_files(&self, target: Slot, device: &Path) -> Result<(), BootloaderError> {
+        self.boot
+            .lock()
+            .unwrap()
+            .install_slot_boot_files(target, device)
+    }
     fn activate(&self, target: Slot, tries: u32) -> Result<(), BootloaderError> {
         self.activations.fetch_add(1, Ordering::SeqCst);
         self.boot.lock().unwrap().activate(target, tries)
@@ -686,4 +692,121 @@ async fn url_fetch_copies_chunks_the_booted_slot_already_has() {
         log.contains("16 chunks are copied from the booted slot A"),
         "{log}"
     );
+}
+
+/// A UEFI node: the engine writes a FAT slot image into slot B's file, the systemd-boot
+/// backend copies its kernel and initramfs onto the (directory) ESP and activates B's entry
+/// on trial; after the trial boot the entry is blessed, and a rollback returns to A.
+#[test]
+fn uefi_upgrade_installs_the_kernel_on_the_esp_and_activates_the_entry() {
+    use basalt_bootloader::systemd_boot::{
+        DirEsp, EntrySet, EspFs, FatEsp, InactiveSlot, LoaderConfig, SlotBootFiles, SlotEntry,
+        SystemdBoot, format_fat, install_entry_set,
+    };
+    const HASH: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let fx = Fx::new();
+    let dir = fx.dir.path();
+    // the new release's slot, as basalt-image writes it
+    let size: u64 = 4 << 20;
+    let slot_src = dir.join("slot-2.0.0.img");
+    std::fs::File::create(&slot_src)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    format_fat(&slot_src, 0, size, None, "SYSTEM").unwrap();
+    let mut fat = FatEsp::open(&slot_src, 0, size).unwrap();
+    for (path, data) in [
+        ("vmlinuz", &b"kernel 2.0.0"[..]),
+        ("initrd.img", b"initramfs 2.0.0"),
+        (
+            "basalt/slot.env",
+            format!("basalt_roothash={HASH}\n").as_bytes(),
+        ),
+        ("basalt/cmdline", b"console=ttyS0,115200 panic=10\n"),
+        ("basalt/version", b"2.0.0\n"),
+    ] {
+        fat.write_file_atomic(path, data).unwrap();
+    }
+    let img = std::fs::read(&slot_src).unwrap();
+    let b = bundle(dir, &img, meta("qemu-x86_64", "2.0.0"), &fx.key);
+    // the node: slot files, a fresh ESP with A blessed and B empty
+    let slots = [dir.join("system-a"), dir.join("system-b")];
+    for s in &slots {
+        std::fs::File::create(s).unwrap().set_len(size).unwrap();
+    }
+    let esp_dir = dir.join("esp");
+    let mut esp = DirEsp::new(&esp_dir);
+    esp.write_file_atomic("basalt/a/vmlinuz", b"kernel 1.0.0")
+        .unwrap();
+    esp.write_file_atomic("basalt/a/initrd.img", b"initramfs 1.0.0")
+        .unwrap();
+    install_entry_set(
+        &mut esp,
+        &EntrySet {
+            active: Slot::A,
+            a: SlotEntry::standard(Slot::A, "Basalt OS 1.0.0", HASH, "console=ttyS0,115200"),
+            b: SlotEntry::standard(Slot::B, "Basalt OS", HASH, "console=ttyS0,115200"),
+            inactive: InactiveSlot::Empty,
+            loader: LoaderConfig::default(),
+        },
+    )
+    .unwrap();
+    let ctx = TestCtx::new(&fx.key);
+    *ctx.boot.lock().unwrap() = Box::new(
+        SystemdBoot::new(DirEsp::new(&esp_dir), Some(Slot::A))
+            .with_slot_files(SlotBootFiles::new("vmlinuz")),
+    );
+    let engine = UpgradeEngine::new(
+        UpgradeTarget {
+            board: "qemu-x86_64".into(),
+            booted_version: "1.0.0".into(),
+            booted_slot: Slot::A,
+            slot_devices: slots.clone(),
+        },
+        &dir.join("state"),
+    );
+    let outcome = engine
+        .begin(ctx.clone(), UpgradeOptions::default(), "test")
+        .and_then(|mut s| {
+            feed_all(&mut s, &b, 0, 64 << 10)?;
+            s.finish()
+        })
+        .unwrap();
+    assert_eq!(outcome.slot, Slot::B);
+    assert_eq!(std::fs::read(&slots[1]).unwrap(), img);
+    assert_eq!(
+        std::fs::read(esp_dir.join("basalt/b/vmlinuz")).unwrap(),
+        b"kernel 2.0.0"
+    );
+    assert_eq!(
+        std::fs::read(esp_dir.join("basalt/b/initrd.img")).unwrap(),
+        b"initramfs 2.0.0"
+    );
+    let entry = std::fs::read_to_string(esp_dir.join("loader/entries/basalt-b+3.conf")).unwrap();
+    assert!(
+        entry.contains("title Basalt OS 2.0.0 (slot B)\n"),
+        "{entry}"
+    );
+    assert!(
+        entry.contains(&format!(
+            "options basalt.slot=B basalt.roothash={HASH} console=ttyS0,115200 panic=10\n"
+        )),
+        "{entry}"
+    );
+    let st = ctx.status();
+    assert_eq!(st.next_boot(), Some(Slot::B));
+    assert_eq!(st.trial, Some(Slot::B));
+    // systemd-boot boots B (renames +3 to +2-1); machined on B commits it
+    std::fs::rename(
+        esp_dir.join("loader/entries/basalt-b+3.conf"),
+        esp_dir.join("loader/entries/basalt-b+2-1.conf"),
+    )
+    .unwrap();
+    let mut on_b = SystemdBoot::new(DirEsp::new(&esp_dir), Some(Slot::B));
+    on_b.mark_good(Slot::B).unwrap();
+    assert!(esp_dir.join("loader/entries/basalt-b.conf").exists());
+    let st = on_b.status().unwrap();
+    assert!(st.committed && st.next_boot() == Some(Slot::B), "{st:?}");
+    assert_eq!(on_b.rollback().unwrap(), Slot::A);
+    assert_eq!(on_b.status().unwrap().next_boot(), Some(Slot::A));
 }

@@ -39,6 +39,14 @@ pub trait UpgradeContext: Send + Sync {
     fn boot_status(&self) -> Result<BootStatus, BootloaderError>;
     /// Takes `target` out of the boot order.
     fn prepare_update(&self, target: Slot) -> Result<(), BootloaderError>;
+    /// Copies what the bootloader needs from the written slot `device` to where it reads it
+    /// (systemd-boot: kernel and initramfs onto the ESP, the slot's entry); a no-op for
+    /// bootloaders that read the slot partition. See `Bootloader::install_slot_boot_files`.
+    fn install_slot_boot_files(
+        &self,
+        target: Slot,
+        device: &std::path::Path,
+    ) -> Result<(), BootloaderError>;
     /// Boots `target` next, on trial with `tries` attempts.
     fn activate(&self, target: Slot, tries: u32) -> Result<(), BootloaderError>;
     /// Reboots the node.
