@@ -264,7 +264,7 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         let reconciler = Arc::new(reconcile::Reconciler::new(
             node.host.clone(),
             &state_dir,
-            None,
+            Some(node.events.clone() as Arc<dyn reconcile::DriftSink>),
         )?);
         tokio::spawn(reconciler.run(std::time::Duration::from_secs(args.reconcile_interval)));
     }

@@ -308,7 +308,12 @@ impl Node {
         }
         let message = match self.config.revert_trial() {
             Ok(Some((version, data))) => {
-                match crate::config_apply::apply_stored(self.host.as_ref(), &self.api, &data) {
+                let applied =
+                    crate::config_apply::apply_stored(self.host.as_ref(), &self.api, &data);
+                if applied.is_ok() {
+                    self.reconcile_services(&data).await;
+                }
+                match applied {
                     Ok(()) => format!(
                         "configuration trial not confirmed within {}s: previous configuration restored as version {version}",
                         timeout.as_secs()
@@ -322,6 +327,8 @@ impl Node {
             Err(e) => format!("configuration trial could not be reverted: {e}"),
         };
         crate::console(&self.state_dir, &message);
+        self.events
+            .publish(crate::events::EventKind::Config, "config", message);
     }
 
     /// The current configuration and the staged one.

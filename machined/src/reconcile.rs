@@ -65,6 +65,32 @@ impl std::fmt::Display for Correction {
     }
 }
 
+impl Correction {
+    /// What the correction is about, e.g. `sysctl/vm.swappiness`: an event's subject.
+    pub fn subject(&self) -> String {
+        match self {
+            Correction::Hostname { .. } => "hostname".into(),
+            Correction::Sysctl { key, .. } => format!("sysctl/{key}"),
+            Correction::Module { name } => format!("module/{name}"),
+        }
+    }
+}
+
+/// Each correction is a Config event on the machine's event bus.
+impl DriftSink for crate::events::EventBus {
+    fn drift(&self, correction: &Correction, result: Result<(), String>) {
+        let message = match result {
+            Ok(()) => format!("drift corrected: {correction}"),
+            Err(e) => format!("drift not corrected: {correction}: {e}"),
+        };
+        self.publish(
+            crate::events::EventKind::Config,
+            &correction.subject(),
+            message,
+        );
+    }
+}
+
 /// Sysctl values compare by their whitespace-separated fields: the kernel prints
 /// multi-value sysctls with tabs (`4096\t87380\t6291456`), configurations with spaces.
 fn same_value(found: &str, want: &str) -> bool {

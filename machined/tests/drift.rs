@@ -58,6 +58,31 @@ async fn drift_is_corrected_and_reported() {
     assert_eq!(s["hostname"], "node-1");
     assert_eq!(s["sysctls"]["vm.swappiness"], "10");
 
+    // Each correction is an event too.
+    let mut c = fx.connect(&node, "reader", None).await.unwrap();
+    let mut stream = c
+        .machine
+        .events(pb::EventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut subjects = Vec::new();
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a replay ends by itself")
+        .unwrap()
+    {
+        if e.message.starts_with("drift corrected") {
+            assert_eq!(e.kind, pb::EventKind::Config as i32);
+            subjects.push(e.subject);
+        }
+    }
+    assert!(subjects.contains(&"hostname".to_string()), "{subjects:?}");
+    assert!(
+        subjects.contains(&"sysctl/vm.swappiness".to_string()),
+        "{subjects:?}"
+    );
+
     // A configuration change moves the target: the next rounds keep the new value.
     let mut c = fx.connect(&node, "admin", None).await.unwrap();
     c.machine
