@@ -31,6 +31,15 @@ pub enum StreamOp {
         /// Keep following.
         follow: bool,
     },
+    /// ResourceService.Get/List, or Watch.
+    Get {
+        /// Namespace and type.
+        kind: (String, String),
+        /// One resource only.
+        id: Option<String>,
+        /// Keep watching.
+        watch: bool,
+    },
     /// MachineService.Dmesg.
     Dmesg {
         /// Start with at most this many messages (0: the whole ring buffer).
@@ -143,6 +152,7 @@ impl StreamOp {
             StreamOp::Events { follow, .. }
             | StreamOp::Logs { follow, .. }
             | StreamOp::Dmesg { follow, .. } => *follow,
+            StreamOp::Get { watch, .. } => *watch,
         }
     }
 
@@ -182,6 +192,9 @@ impl StreamOp {
                     .map_err(|s| rpc_err("Logs", s))?
                     .into_inner();
                 drain("Logs", s, log_line, emit).await
+            }
+            StreamOp::Get { kind, id, watch } => {
+                crate::resources_cmd::get(&mut c, kind, id, watch, emit).await
             }
             StreamOp::Dmesg { tail, follow } => {
                 let s = c

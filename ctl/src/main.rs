@@ -9,6 +9,7 @@
 mod apply;
 mod follow;
 mod render;
+mod resources_cmd;
 mod services_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -111,6 +112,18 @@ enum Command {
         /// Start with at most this many recent events (0: all the node keeps).
         #[arg(long, default_value_t = 0)]
         tail: u32,
+    },
+    /// Show resources the node publishes (ResourceService): TYPE is services, hostname,
+    /// sysctls, modules, config, or NAMESPACE/Type; with -w keep watching for changes.
+    Get {
+        /// Resource type.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// One resource by id.
+        id: Option<String>,
+        /// Print the resources, then every change as it happens.
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// List the services each node supervises.
     Services,
@@ -394,6 +407,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tail: *tail,
             follow: *follow,
         }),
+        Command::Get { kind, id, watch } => Work::Stream(StreamOp::Get {
+            kind: resources_cmd::resolve(kind)?,
+            id: id.clone(),
+            watch: *watch,
+        }),
         Command::Logs { name, follow, tail } => Work::Stream(StreamOp::Logs {
             service: name.clone(),
             tail: *tail,
@@ -487,7 +505,10 @@ fn unary_op(cli: &Cli) -> anyhow::Result<Op> {
                 shutdown: *shutdown,
             }
         }
-        Command::Events { .. } | Command::Logs { .. } | Command::Dmesg { .. } => {
+        Command::Events { .. }
+        | Command::Logs { .. }
+        | Command::Dmesg { .. }
+        | Command::Get { .. } => {
             unreachable!("streaming commands are not unary")
         }
     })

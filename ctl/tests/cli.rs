@@ -280,6 +280,29 @@ fn bootstrap_a_node_and_operate_it() {
     let confirmed = ok(ctl(cfgp, &["patch", "-p", "[]"]));
     assert!(confirmed.contains("trial confirmed"), "{confirmed}");
 
+    // Resources: the patched sysctls as the node publishes them (within a second or two).
+    let mut sysctls = String::new();
+    for _ in 0..50 {
+        sysctls = ok(ctl(cfgp, &["get", "sysctls"]));
+        if sysctls.contains("vm.swappiness") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        sysctls.contains("vm.swappiness") && sysctls.contains(r#""want":"5""#),
+        "{sysctls}"
+    );
+    let one = ok(ctl(cfgp, &["-o", "json", "get", "config", "current"]));
+    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["entry"]["type"], "MachineConfig", "{one}");
+    let unknown = ctl(cfgp, &["get", "nope"]);
+    assert!(
+        !unknown.status.success() && text(&unknown).contains("unknown resource type"),
+        "{}",
+        text(&unknown)
+    );
+
     // Fan-out: one dead node fails alone, with a non-zero exit code and JSON per node.
     let dead = dead_addr();
     let nodes = format!("{},{dead}", node.addr);

@@ -32,6 +32,7 @@ pub mod node_boot;
 pub mod node_services;
 pub mod observe;
 pub mod reconcile;
+pub mod resources;
 pub mod services;
 pub mod settings;
 pub mod state;

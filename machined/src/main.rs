@@ -260,6 +260,13 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
             console(&state_dir, &warning);
         }
     }
+    let status = Arc::new(machined::resources::StatusController {
+        store: node.resources.clone(),
+        host: node.host.clone(),
+        services: node.services.clone(),
+        config: state::ConfigStore::open(&state_dir)?,
+    });
+    tokio::spawn(status.run(std::time::Duration::from_secs(1)));
     if args.reconcile_interval > 0 {
         let reconciler = Arc::new(reconcile::Reconciler::new(
             node.host.clone(),

@@ -129,6 +129,8 @@ pub struct Node {
     pub upgrade: std::sync::OnceLock<Arc<crate::upgrade::UpgradeEngine>>,
     /// The machine event bus (Events RPC).
     pub events: Arc<crate::events::EventBus>,
+    /// The resources controllers publish (ResourceService).
+    pub resources: Arc<crate::resources::ResourceStore>,
     /// The service supervisor.
     pub services: Arc<crate::services::Supervisor>,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
@@ -187,6 +189,7 @@ impl Node {
             observer: crate::observe::Observer::new(),
             upgrade: std::sync::OnceLock::new(),
             events,
+            resources: Arc::default(),
             services,
             apply_lock: tokio::sync::Mutex::new(()),
             trial_generation: AtomicU64::new(0),

@@ -231,7 +231,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) -> Result<(), ApiErro
         .add_service(MachineServiceServer::new(machine::MachineApi::new(
             node.clone(),
         )))
-        .add_service(ResourceServiceServer::new(resource::ResourceApi))
+        .add_service(ResourceServiceServer::new(resource::ResourceApi::new(
+            node.resources.clone(),
+        )))
         .add_service(AuditServiceServer::new(audit_service::AuditApi::new(
             node.audit.clone(),
         )))
