@@ -265,6 +265,7 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         host: node.host.clone(),
         services: node.services.clone(),
         config: state::ConfigStore::open(&state_dir)?,
+        decoded: std::sync::Mutex::new(None),
     });
     tokio::spawn(status.run(std::time::Duration::from_secs(1)));
     if args.reconcile_interval > 0 {

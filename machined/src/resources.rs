@@ -203,6 +203,8 @@ pub struct StatusController {
     pub services: Arc<crate::services::Supervisor>,
     /// The configuration store read.
     pub config: crate::state::ConfigStore,
+    /// The last configuration decoded, by version: decoded again only when it changes.
+    pub decoded: Mutex<Option<(u64, basalt_config::Config)>>,
 }
 
 impl StatusController {
