@@ -17,8 +17,10 @@ use crate::host::{HostAction, HostActions, HostError, HostValue};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Delay between the API's reply and the reboot or power-off.
-pub const POWER_DELAY: Duration = Duration::from_millis(500);
+/// Delay between the API's reply and the reboot or power-off: long enough for the reply to
+/// leave a slow node (500 ms lost an Upgrade reply under QEMU TCG on a loaded host, so the
+/// client saw a transport error instead of "rebooting into the new slot").
+pub const POWER_DELAY: Duration = Duration::from_secs(2);
 
 /// The host actions of a node.
 #[derive(Debug)]
