@@ -39,4 +39,6 @@ pub use engine::{
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fetch;
+#[cfg(test)]
 mod tests_readback;
