@@ -11,12 +11,18 @@ use serde_json::{Value, json};
 use crate::follow::Line;
 
 /// Short names of the published resource types: (name, namespace, type).
-pub const TYPES: [(&str, &str, &str); 5] = [
+pub const TYPES: [(&str, &str, &str); 11] = [
     ("services", "services", "ServiceStatus"),
     ("hostname", "machine", "Hostname"),
     ("sysctls", "machine", "Sysctl"),
     ("modules", "machine", "KernelModule"),
     ("config", "config", "MachineConfig"),
+    ("files", "machine", "File"),
+    ("time", "time", "TimeStatus"),
+    ("links", "network", "Link"),
+    ("addresses", "network", "Address"),
+    ("routes", "network", "Route"),
+    ("resolvers", "network", "Resolver"),
 ];
 
 /// `(namespace, type)` of a TYPE argument.

@@ -2,18 +2,21 @@
 //! touches the host and the API, shared by ApplyConfiguration, the revert of an unconfirmed
 //! TRY and machined's start.
 //!
-//! What is applied live: the hostname, sysctls (in name order) and kernel modules (in list
-//! order) through [`HostActions`], and the API's TLS material and trusted token keys. A
+//! What is applied live: the hostname, sysctls (in name order), kernel modules with their
+//! parameters (in list order) and `files` (in list order, see [`crate::host_files`])
+//! through [`HostActions`], and the API's TLS material and trusted token keys. A
 //! host action that fails does not stop the others; it becomes a warning naming the item,
 //! because a missing module must not leave the node with its old API certificates. Kernel
 //! arguments take effect at the next boot; network settings are applied at start by
 //! [`crate::network`].
 //!
-//! Limits: module parameters are not passed yet (a warning says so); `files` and
-//! `timeServers` are validated but not applied yet. A value changed behind machined's back
-//! is corrected at the next apply or start, not continuously.
+//! Time servers are used by the time-sync controller ([`crate::time_sync`]), which reads
+//! the stored configuration itself. A value changed behind machined's back is corrected by
+//! [`crate::reconcile`]. Limits: parameters of a module that is already loaded are not
+//! changed (the kernel takes parameters only at load time).
 
 use basalt_config::Config;
+use basalt_config::schema::{DEFAULT_FILE_MODE, FileOp};
 
 use crate::api::ApiControl;
 use crate::host::HostActions;
@@ -47,20 +50,29 @@ pub fn apply_machine(host: &dyn HostActions, config: &Config) -> Vec<String> {
         }
     }
     for (i, module) in machine.kernel_modules.iter().enumerate() {
-        if !module.parameters.is_empty() {
-            warnings.push(format!(
-                "MachineConfig.kernelModules[{i}] ({}): parameters are not passed yet; loading without them",
-                module.name
-            ));
-        }
-        if let Err(e) = host.load_module(&module.name) {
+        if let Err(e) = host.load_module(&module.name, &module.parameters) {
             warnings.push(format!(
                 "MachineConfig.kernelModules[{i}] ({}): {e}",
                 module.name
             ));
         }
     }
+    for (i, file) in machine.files.iter().enumerate() {
+        if let Err(e) = host.write_file(
+            &file.path,
+            &file.content,
+            file_mode(file),
+            file.op == FileOp::Append,
+        ) {
+            warnings.push(format!("MachineConfig.files[{i}] ({}): {e}", file.path));
+        }
+    }
     warnings
+}
+
+/// The permission bits a configured file gets.
+pub fn file_mode(file: &basalt_config::schema::File) -> u32 {
+    file.mode.unwrap_or(DEFAULT_FILE_MODE).0
 }
 
 /// Applies a validated configuration live: machine settings, then the API.
@@ -105,7 +117,8 @@ mod tests {
         let config = Config::from_yaml(
             "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: edge-1\n\
              sysctls:\n  vm.swappiness: \"10\"\n  net.ipv4.ip_forward: \"1\"\n\
-             kernelModules:\n  - name: br_netfilter\n  - name: dummy\n    parameters: [numdummies=2]\n",
+             kernelModules:\n  - name: br_netfilter\n  - name: dummy\n    parameters: [numdummies=2]\n\
+             files:\n  - path: /etc/app/a.conf\n    content: \"x=1\\n\"\n    mode: \"0600\"\n",
         )
         .unwrap();
         let warnings = apply_machine(&host, &config);
@@ -125,17 +138,25 @@ mod tests {
                     value: "10".into()
                 },
                 HostAction::LoadModule {
-                    name: "br_netfilter".into()
+                    name: "br_netfilter".into(),
+                    parameters: vec![],
                 },
                 HostAction::LoadModule {
-                    name: "dummy".into()
+                    name: "dummy".into(),
+                    parameters: vec!["numdummies=2".into()],
+                },
+                HostAction::WriteFile {
+                    path: "/etc/app/a.conf".into(),
+                    mode: 0o600,
+                    append: false,
+                    content: "x=1\n".into(),
                 },
             ]
         );
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(
-            warnings[0].contains("kernelModules[1] (dummy)"),
-            "{warnings:?}"
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            std::fs::read_to_string(host.dev_root().join("etc/app/a.conf")).unwrap(),
+            "x=1\n"
         );
     }
 }

@@ -19,6 +19,9 @@ pub const DEV_ACTIONS_FILE: &str = "host-actions.jsonl";
 /// File name of the dev-mode simulated host state (hostname, sysctls, loaded modules)
 /// inside the state dir; tests edit it to simulate drift.
 pub const DEV_STATE_FILE: &str = "dev-host.json";
+/// Directory inside the state dir that stands in for `/` when dev mode writes the
+/// configuration's `files`.
+pub const DEV_ROOT_DIR: &str = "dev-root";
 
 /// A value of the host that machined reconciles with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,10 @@ pub enum HostValue {
     Sysctl(String),
     /// Whether a kernel module is loaded (read as `Some("loaded")`).
     Module(String),
+    /// The content of a file of the configuration's `files` (lossy UTF-8).
+    File(String),
+    /// The permission bits of such a file, four octal digits (`0644`).
+    FileMode(String),
 }
 
 /// A failed host action.
@@ -73,6 +80,27 @@ pub enum HostAction {
     LoadModule {
         /// Module name.
         name: String,
+        /// Module parameters (`name=value`), passed to the module itself, not to the
+        /// modules it depends on.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parameters: Vec<String>,
+    },
+    /// Write a file of the configuration's `files` (see [`crate::host_files`]).
+    WriteFile {
+        /// Absolute path on the machine.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Append the content (once) instead of replacing the file.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        append: bool,
+        /// The content.
+        content: String,
+    },
+    /// Step the real-time clock by an offset (time sync).
+    StepClock {
+        /// Nanoseconds to add to the clock (negative: back).
+        offset_ns: i64,
     },
     /// Reboot.
     Reboot,
@@ -92,6 +120,8 @@ impl HostAction {
             HostAction::SetHostname { .. } => "set_hostname",
             HostAction::SetSysctl { .. } => "set_sysctl",
             HostAction::LoadModule { .. } => "load_module",
+            HostAction::WriteFile { .. } => "write_file",
+            HostAction::StepClock { .. } => "step_clock",
             HostAction::Reboot => "reboot",
             HostAction::Shutdown => "shutdown",
             HostAction::Wipe { .. } => "wipe",
@@ -126,11 +156,35 @@ pub trait HostActions: Send + Sync + std::fmt::Debug {
             value: value.to_string(),
         })
     }
-    /// Loads a kernel module.
-    fn load_module(&self, name: &str) -> Result<(), HostError> {
+    /// Loads a kernel module with its parameters.
+    fn load_module(&self, name: &str, parameters: &[String]) -> Result<(), HostError> {
         self.perform(HostAction::LoadModule {
             name: name.to_string(),
+            parameters: parameters.to_vec(),
         })
+    }
+    /// Writes (or appends to) a file of the configuration's `files`.
+    fn write_file(
+        &self,
+        path: &str,
+        content: &str,
+        mode: u32,
+        append: bool,
+    ) -> Result<(), HostError> {
+        self.perform(HostAction::WriteFile {
+            path: path.to_string(),
+            mode,
+            append,
+            content: content.to_string(),
+        })
+    }
+    /// The host's real-time clock (dev mode: the simulated clock).
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+    /// Steps the real-time clock by `offset_ns`.
+    fn step_clock(&self, offset_ns: i64) -> Result<(), HostError> {
+        self.perform(HostAction::StepClock { offset_ns })
     }
     /// Starts a reboot.
     fn reboot(&self) -> Result<(), HostError> {
@@ -180,6 +234,10 @@ pub struct DevHostState {
     /// Loaded modules.
     #[serde(default)]
     pub modules: std::collections::BTreeSet<String>,
+    /// The simulated clock's offset from the workstation's clock, ns (tests set it to
+    /// simulate a node that booted with a wrong clock; a clock step changes it).
+    #[serde(default)]
+    pub clock_offset_ns: i64,
 }
 
 impl DevHost {
@@ -214,8 +272,11 @@ impl DevHost {
             HostAction::SetSysctl { key, value } => {
                 state.sysctls.insert(key.clone(), value.clone());
             }
-            HostAction::LoadModule { name } => {
+            HostAction::LoadModule { name, .. } => {
                 state.modules.insert(name.clone());
+            }
+            HostAction::StepClock { offset_ns } => {
+                state.clock_offset_ns = state.clock_offset_ns.saturating_add(*offset_ns);
             }
             _ => return Ok(()),
         }
@@ -227,6 +288,11 @@ impl DevHost {
             action: action.name().to_string(),
             message: e.to_string(),
         })
+    }
+
+    /// The directory standing in for `/` for the configuration's `files`.
+    pub fn dev_root(&self) -> PathBuf {
+        self.state_path.with_file_name(DEV_ROOT_DIR)
     }
 
     /// The actions recorded by this process, oldest first.
@@ -250,6 +316,20 @@ impl HostActions for DevHost {
                 action: "wipe".into(),
                 message: e.to_string(),
             })?;
+        }
+        if let HostAction::WriteFile {
+            path,
+            mode,
+            append,
+            content,
+        } = &action
+        {
+            crate::host_files::write(&self.dev_root(), path, content, *mode, *append).map_err(
+                |e| HostError::Failed {
+                    action: "write_file".into(),
+                    message: e.to_string(),
+                },
+            )?;
         }
         let record = RecordedAction {
             time: crate::timefmt::rfc3339(SystemTime::now()),
@@ -279,14 +359,43 @@ impl HostActions for DevHost {
         true
     }
 
+    fn now(&self) -> SystemTime {
+        let offset = self.state().map(|s| s.clock_offset_ns).unwrap_or(0);
+        let delta = std::time::Duration::from_nanos(offset.unsigned_abs());
+        if offset >= 0 {
+            SystemTime::now() + delta
+        } else {
+            SystemTime::now() - delta
+        }
+    }
+
     fn read(&self, value: &HostValue) -> Result<Option<String>, HostError> {
         let state = self.state()?;
         Ok(match value {
             HostValue::Hostname => Some(state.hostname),
             HostValue::Sysctl(key) => state.sysctls.get(key).cloned(),
             HostValue::Module(name) => state.modules.contains(name).then(|| "loaded".into()),
+            HostValue::File(path) | HostValue::FileMode(path) => {
+                read_file_value(&self.dev_root(), value, path)?
+            }
         })
     }
+}
+
+/// Reads [`HostValue::File`] or [`HostValue::FileMode`] of `path` under `root`.
+pub fn read_file_value(
+    root: &Path,
+    value: &HostValue,
+    path: &str,
+) -> Result<Option<String>, HostError> {
+    let found = crate::host_files::read(root, path).map_err(|e| HostError::Failed {
+        action: "read".into(),
+        message: e.to_string(),
+    })?;
+    Ok(found.map(|(content, mode)| match value {
+        HostValue::FileMode(_) => format!("{mode:04o}"),
+        _ => content,
+    }))
 }
 
 #[cfg(test)]

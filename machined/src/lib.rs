@@ -12,8 +12,10 @@
 //! - [`settings`]: the API settings read from a machine configuration;
 //! - [`kmsg`]: the kernel log reader (`/dev/kmsg`);
 //! - [`host`]: what machined does to the host, and the recording dev implementation;
+//! - [`host_files`]: the configuration's `files`, written atomically (node and dev mode);
 //! - [`observe`]: statistics, processes, mounts and disks;
 //! - [`services`]: the service supervisor, log rings and the PID 1 orphan reaper;
+//! - [`time_sync`]: SNTP client stepping the clock from the configured time servers;
 //! - [`timefmt`]: RFC 3339 and protobuf timestamps;
 //! - [`upgrade`]: the A/B upgrade engine (signed bundles into the inactive slot);
 //! - [`wipe`]: emptying STATE and DATA for Reset.
@@ -24,6 +26,7 @@ pub mod config_apply;
 pub mod early_boot;
 pub mod events;
 pub mod host;
+pub mod host_files;
 pub mod kmsg;
 pub mod linux_host;
 pub mod network;
@@ -36,6 +39,7 @@ pub mod resources;
 pub mod services;
 pub mod settings;
 pub mod state;
+pub mod time_sync;
 pub mod timefmt;
 pub mod upgrade;
 pub mod wipe;

@@ -54,7 +54,7 @@ impl LinuxHost {
         self
     }
 
-    fn load_module(&self, name: &str) -> Result<(), String> {
+    fn load_module(&self, name: &str, parameters: &[String]) -> Result<(), String> {
         let release = kernel_release();
         let dir = modules_dir(&self.system_root, &release).ok_or_else(|| {
             format!(
@@ -66,8 +66,19 @@ impl LinuxHost {
             .map_err(|e| format!("{}/modules.dep: {e}", dir.display()))?;
         let order = load_order(&dep_text, name)
             .ok_or_else(|| format!("module {name} is not in {}/modules.dep", dir.display()))?;
-        for rel in order {
-            match FinitModule.load(&dir.join(&rel)) {
+        let params = std::ffi::CString::new(parameters.join(" "))
+            .map_err(|_| format!("parameters of module {name} contain a NUL byte"))?;
+        let last = order.len().saturating_sub(1);
+        for (i, rel) in order.into_iter().enumerate() {
+            // Parameters belong to the named module, not to its dependencies.
+            let loaded = if i == last {
+                std::fs::File::open(dir.join(&rel)).and_then(|file| {
+                    rustix::system::finit_module(&file, &params, 0).map_err(Into::into)
+                })
+            } else {
+                FinitModule.load(&dir.join(&rel))
+            };
+            match loaded {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) => {}
                 Err(e) => return Err(format!("{rel}: {e}")),
@@ -150,7 +161,18 @@ impl HostActions for LinuxHost {
                 std::fs::write(&path, value.as_bytes())
                     .map_err(|e| fail(format!("{}: {e}", path.display())))
             }
-            HostAction::LoadModule { name } => self.load_module(&name).map_err(fail),
+            HostAction::LoadModule { name, parameters } => {
+                self.load_module(&name, &parameters).map_err(fail)
+            }
+            HostAction::WriteFile {
+                path,
+                mode,
+                append,
+                content,
+            } => crate::host_files::write(Path::new("/"), &path, &content, mode, append)
+                .map(|_| ())
+                .map_err(|e| fail(e.to_string())),
+            HostAction::StepClock { offset_ns } => step_clock(offset_ns).map_err(fail),
             HostAction::Reboot => {
                 self.power(true);
                 Ok(())
@@ -201,8 +223,25 @@ impl HostActions for LinuxHost {
                 .join(name.replace('-', "_"))
                 .exists()
                 .then(|| "loaded".to_string())),
+            HostValue::File(path) | HostValue::FileMode(path) => {
+                crate::host::read_file_value(Path::new("/"), value, path)
+            }
         }
     }
+}
+
+/// Adds `offset_ns` to the real-time clock.
+fn step_clock(offset_ns: i64) -> Result<(), String> {
+    use rustix::time::{ClockId, Timespec};
+    let now = rustix::time::clock_gettime(ClockId::Realtime);
+    let total =
+        i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec) + i128::from(offset_ns);
+    let new = Timespec {
+        tv_sec: i64::try_from(total.div_euclid(1_000_000_000)).map_err(|e| e.to_string())?,
+        tv_nsec: i64::try_from(total.rem_euclid(1_000_000_000)).map_err(|e| e.to_string())?,
+    };
+    rustix::time::clock_settime(ClockId::Realtime, new)
+        .map_err(|e| format!("clock_settime by {offset_ns} ns: {e}"))
 }
 
 /// `/proc/sys/net/ipv4/ip_forward` for `net.ipv4.ip_forward`; keys with `..`, `/` or

@@ -75,6 +75,10 @@ struct Args {
     /// drift correction off.
     #[arg(long, default_value_t = reconcile::DEFAULT_INTERVAL.as_secs())]
     reconcile_interval: u64,
+    /// Seconds between two polls of the configured time servers once synchronised (0: no
+    /// time sync).
+    #[arg(long, default_value_t = machined::time_sync::DEFAULT_INTERVAL.as_secs())]
+    time_sync_interval: u64,
     /// Dev mode: the version of the "booted" slot (A) upgrades are compared with.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     dev_version: String,
@@ -275,6 +279,16 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
             Some(node.events.clone() as Arc<dyn reconcile::DriftSink>),
         )?);
         tokio::spawn(reconciler.run(std::time::Duration::from_secs(args.reconcile_interval)));
+    }
+    if args.time_sync_interval > 0 {
+        let time_sync = Arc::new(machined::time_sync::TimeSync {
+            host: node.host.clone(),
+            config: state::ConfigStore::open(&state_dir)?,
+            resources: node.resources.clone(),
+            events: node.events.clone(),
+            state_dir: state_dir.clone(),
+        });
+        tokio::spawn(time_sync.run(std::time::Duration::from_secs(args.time_sync_interval)));
     }
     node.services.set_tuning(machined::services::Tuning {
         backoff_base: std::time::Duration::from_millis(args.service_backoff_ms),

@@ -1,5 +1,5 @@
 //! Drift correction: the machine settings of the running configuration (hostname, sysctls,
-//! kernel modules) are compared with the host at a fixed interval, and every difference is
+//! kernel modules, files) are compared with the host at a fixed interval, and every difference is
 //! corrected through [`HostActions`] and reported.
 //!
 //! A round is two steps, like the rest of machined: [`plan`] reads the host and returns the
@@ -10,8 +10,10 @@
 //! A failure that repeats (a module that cannot be loaded) is reported once, not every
 //! round.
 //!
-//! Limits: network links, addresses and routes are set at start by [`crate::network`] and
-//! are not reconciled yet; `files` and `timeServers` are not applied yet.
+//! Network links, addresses and routes have their own controller on a node
+//! ([`crate::network::controller`]); the clock has [`crate::time_sync`]. Limits: a module
+//! loaded with other parameters than the configuration's is not reloaded (unloading a
+//! module in use is not safe).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -47,6 +49,21 @@ pub enum Correction {
     Module {
         /// Module name.
         name: String,
+        /// Its parameters.
+        parameters: Vec<String>,
+    },
+    /// A file of the configuration is missing, has other content or another mode.
+    File {
+        /// Its path.
+        path: String,
+        /// What is wrong, e.g. "missing".
+        problem: &'static str,
+        /// The content to write.
+        content: String,
+        /// The mode to set.
+        mode: u32,
+        /// Append instead of replace.
+        append: bool,
     },
 }
 
@@ -60,7 +77,12 @@ impl std::fmt::Display for Correction {
                 Some(found) => write!(f, "sysctl {key} was {found:?}, set to {want:?}"),
                 None => write!(f, "sysctl {key} was unreadable, set to {want:?}"),
             },
-            Correction::Module { name } => write!(f, "module {name} was not loaded, loaded it"),
+            Correction::Module { name, .. } => {
+                write!(f, "module {name} was not loaded, loaded it")
+            }
+            Correction::File { path, problem, .. } => {
+                write!(f, "file {path} {problem}, wrote it")
+            }
         }
     }
 }
@@ -71,7 +93,8 @@ impl Correction {
         match self {
             Correction::Hostname { .. } => "hostname".into(),
             Correction::Sysctl { key, .. } => format!("sysctl/{key}"),
-            Correction::Module { name } => format!("module/{name}"),
+            Correction::Module { name, .. } => format!("module/{name}"),
+            Correction::File { path, .. } => format!("file{path}"),
         }
     }
 }
@@ -127,6 +150,31 @@ pub fn plan(config: &Config, host: &dyn HostActions) -> Result<Vec<Correction>, 
         {
             out.push(Correction::Module {
                 name: module.name.clone(),
+                parameters: module.parameters.clone(),
+            });
+        }
+    }
+    for file in &machine.files {
+        let append = file.op == basalt_config::schema::FileOp::Append;
+        let mode = crate::config_apply::file_mode(file);
+        let content = host.read(&HostValue::File(file.path.clone()))?;
+        let problem = match content {
+            None => Some("was missing"),
+            Some(c) if append && !c.contains(&file.content) => Some("lost its appended content"),
+            Some(c) if !append && c != file.content => Some("had other content"),
+            Some(_) => {
+                let found = host.read(&HostValue::FileMode(file.path.clone()))?;
+                (!append && found.as_deref() != Some(format!("{mode:04o}").as_str()))
+                    .then_some("had another mode")
+            }
+        };
+        if let Some(problem) = problem {
+            out.push(Correction::File {
+                path: file.path.clone(),
+                problem,
+                content: file.content.clone(),
+                mode,
+                append,
             });
         }
     }
@@ -144,7 +192,14 @@ pub fn correct(
             let result = match &c {
                 Correction::Hostname { want, .. } => host.set_hostname(want),
                 Correction::Sysctl { key, want, .. } => host.set_sysctl(key, want),
-                Correction::Module { name } => host.load_module(name),
+                Correction::Module { name, parameters } => host.load_module(name, parameters),
+                Correction::File {
+                    path,
+                    content,
+                    mode,
+                    append,
+                    ..
+                } => host.write_file(path, content, *mode, *append),
             };
             (c, result)
         })
@@ -259,7 +314,8 @@ mod tests {
 
     const CONFIG: &str = "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: edge-1\n\
         sysctls:\n  vm.swappiness: \"10\"\n  net.ipv4.tcp_rmem: \"4096 87380 6291456\"\n\
-        kernelModules:\n  - name: dummy\n";
+        kernelModules:\n  - name: dummy\n\
+        files:\n  - path: /etc/app.conf\n    content: \"a=1\\n\"\n";
 
     fn config() -> Config {
         Config::from_yaml(CONFIG).unwrap()
@@ -270,7 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = DevHost::new(dir.path());
         let found = plan(&config(), &host).unwrap();
-        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found.len(), 5, "{found:?}");
         assert!(host.recorded().is_empty(), "plan must not act");
         let results = correct(found, &host);
         assert!(results.iter().all(|(_, r)| r.is_ok()));
@@ -292,7 +348,7 @@ mod tests {
             .store(CONFIG.as_bytes())
             .unwrap();
         let r = Reconciler::new(host.clone(), dir.path(), None).unwrap();
-        assert_eq!(r.round().len(), 4);
+        assert_eq!(r.round().len(), 5);
         assert!(r.round().is_empty());
         // Somebody changes the hostname and a sysctl behind machined's back.
         let mut state: DevHostState = host.state().unwrap();
@@ -303,14 +359,23 @@ mod tests {
             serde_json::to_vec(&state).unwrap(),
         )
         .unwrap();
+        // ... and edits a configured file.
+        let app = host.dev_root().join("etc/app.conf");
+        std::fs::write(&app, "a=2\n").unwrap();
         let fixed: Vec<String> = r.round().iter().map(|(c, _)| c.to_string()).collect();
         assert_eq!(
             fixed,
             [
                 "hostname was \"intruder\", set to \"edge-1\"",
                 "sysctl vm.swappiness was \"60\", set to \"10\"",
+                "file /etc/app.conf had other content, wrote it",
             ]
         );
+        assert_eq!(std::fs::read_to_string(&app).unwrap(), "a=1\n");
+        std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let fixed: Vec<String> = r.round().iter().map(|(c, _)| c.to_string()).collect();
+        assert_eq!(fixed, ["file /etc/app.conf had another mode, wrote it"]);
         assert_eq!(host.state().unwrap().hostname, "edge-1");
     }
 }

@@ -241,8 +241,12 @@ impl StatusController {
                 "want": config.as_ref().map(|(_, c)| c.machine.hostname.clone())}),
         );
         self.store.set_type("machine", "Hostname", OWNER, hostname);
-        let (mut sysctls, mut modules, mut current) =
-            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let (mut sysctls, mut modules, mut files, mut current) = (
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
         if let Some((stored, config)) = &config {
             for (key, want) in &config.machine.sysctls {
                 let value = read(HostValue::Sysctl(key.clone()));
@@ -250,7 +254,28 @@ impl StatusController {
             }
             for m in &config.machine.kernel_modules {
                 let loaded = read(HostValue::Module(m.name.clone())).is_some();
-                modules.insert(m.name.clone(), json!({"loaded": loaded}));
+                modules.insert(
+                    m.name.clone(),
+                    json!({"loaded": loaded, "parameters": m.parameters}),
+                );
+            }
+            for f in &config.machine.files {
+                let content = read(HostValue::File(f.path.clone()));
+                let mode = read(HostValue::FileMode(f.path.clone()));
+                let append = f.op == basalt_config::schema::FileOp::Append;
+                let in_sync = content.as_deref().is_some_and(|c| {
+                    if append {
+                        c.contains(&f.content)
+                    } else {
+                        c == f.content
+                    }
+                });
+                files.insert(
+                    f.path.clone(),
+                    json!({"present": content.is_some(), "mode": mode,
+                        "op": if append { "append" } else { "create" },
+                        "bytes": content.as_ref().map(String::len), "inSync": in_sync}),
+                );
             }
             current.insert(
                 "current".to_string(),
@@ -261,6 +286,7 @@ impl StatusController {
         self.store.set_type("machine", "Sysctl", OWNER, sysctls);
         self.store
             .set_type("machine", "KernelModule", OWNER, modules);
+        self.store.set_type("machine", "File", OWNER, files);
         self.store
             .set_type("config", "MachineConfig", OWNER, current);
     }

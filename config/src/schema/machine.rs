@@ -58,7 +58,8 @@ pub struct MachineConfig {
     /// is read-only), except `/var/lib/basalt/` and `/etc/basalt/` which belong to machined.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<File>,
-    /// NTP servers (host names or IP addresses), in order of preference.
+    /// NTP servers in order of preference: host names or IP addresses, each with an optional
+    /// port (`host:port`, `[IPv6]:port`; default 123).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub time_servers: Vec<String>,
 }

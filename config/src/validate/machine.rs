@@ -101,7 +101,10 @@ pub(super) fn check(c: &mut Checker, m: &MachineConfig) {
         );
     }
     for (i, server) in m.time_servers.iter().enumerate() {
-        c.check(&format!("{ROOT}.timeServers[{i}]"), rules::host(server));
+        c.check(
+            &format!("{ROOT}.timeServers[{i}]"),
+            rules::host_port(server),
+        );
     }
 }
 

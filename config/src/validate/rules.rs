@@ -105,6 +105,39 @@ pub(crate) fn host(s: &str) -> Result<(), String> {
     hostname(s).map_err(|_| format!("`{s}` is neither a host name nor an IP address"))
 }
 
+/// A host name or IP address with an optional port: `host`, `host:port`, `IPv6` or
+/// `[IPv6]:port`.
+pub(crate) fn host_port(s: &str) -> Result<(), String> {
+    if ip(s).is_ok() {
+        return Ok(());
+    }
+    let (name, port) = match s.strip_prefix('[') {
+        Some(rest) => {
+            let (addr, port) = rest.split_once("]:").ok_or_else(|| {
+                format!("`{s}`: write an IPv6 address with a port as [address]:port")
+            })?;
+            addr.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("`{addr}` is not an IPv6 address"))?;
+            return port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .map(|_| ())
+                .ok_or_else(|| format!("`{s}`: `{port}` is not a port (1-65535)"));
+        }
+        None => match s.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (s, None),
+        },
+    };
+    if let Some(port) = port
+        && port.parse::<u16>().ok().filter(|p| *p != 0).is_none()
+    {
+        return Err(format!("`{s}`: `{port}` is not a port (1-65535)"));
+    }
+    host(name)
+}
+
 /// A Linux interface name: 1 to 15 printable ASCII characters without `/`, `:` or spaces, and
 /// not `.` or `..`.
 pub(crate) fn interface_name(s: &str) -> Result<(), String> {
@@ -344,6 +377,30 @@ mod tests {
         assert!(host("10.0.0.1").is_ok());
         assert!(host("pool.ntp.org").is_ok());
         assert!(host("not a host").is_err());
+    }
+
+    #[test]
+    fn hosts_with_ports() {
+        for ok in [
+            "10.0.0.1",
+            "::1",
+            "ntp.example",
+            "ntp.example:1123",
+            "10.0.0.1:123",
+            "[::1]:123",
+        ] {
+            assert!(host_port(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ntp.example:0",
+            "ntp.example:x",
+            "[::1]",
+            "[x]:1",
+            "a b:1",
+            "10.0.0.1:99999",
+        ] {
+            assert!(host_port(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
