@@ -51,7 +51,11 @@ pub fn resolve(root: &Path, path: &str) -> Result<PathBuf, FileError> {
     let bad = || FileError::BadPath(path.to_string());
     let p = Path::new(path);
     // Path::components drops `.` parts silently: refuse them on the text.
-    if !p.is_absolute() || path[1..].split('/').any(|part| matches!(part, "" | "." | "..")) {
+    if !p.is_absolute()
+        || path[1..]
+            .split('/')
+            .any(|part| matches!(part, "" | "." | ".."))
+    {
         return Err(bad());
     }
     let mut out = root.to_path_buf();

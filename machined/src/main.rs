@@ -239,7 +239,6 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
                 ],
             )
             .with_wipe_targets(&early.state_dir, &early.data_dir);
-            start_network(&state_dir, network_config.clone(), hostname.clone());
             (Arc::new(host), node_boot_backend(&state_dir, early))
         }
         None => (
@@ -280,6 +279,14 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         )?);
         tokio::spawn(reconciler.run(std::time::Duration::from_secs(args.reconcile_interval)));
     }
+    let network_interval = std::time::Duration::from_secs(args.reconcile_interval.max(1));
+    start_network(
+        &state_dir,
+        boot.is_some()
+            .then(|| (network_config.clone(), hostname.clone())),
+        &node,
+        (args.reconcile_interval > 0).then_some(network_interval),
+    );
     if args.time_sync_interval > 0 {
         let time_sync = Arc::new(machined::time_sync::TimeSync {
             host: node.host.clone(),
@@ -412,40 +419,60 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
 
 /// Brings the network up in the background (DHCP can take seconds; the API listens on
 /// every address meanwhile).
+/// Networking: on a node (`node_setup` given) the configuration is applied, then the
+/// network controller keeps it every `interval`; in dev mode the controller only observes
+/// and publishes the workstation's network. `interval` None: no controller rounds.
 fn start_network(
     state_dir: &std::path::Path,
-    config: Option<basalt_config::schema::NetworkConfig>,
-    hostname: Option<String>,
+    node_setup: Option<(Option<basalt_config::schema::NetworkConfig>, Option<String>)>,
+    node: &node::Node,
+    interval: Option<std::time::Duration>,
 ) {
     let dir = state_dir.to_path_buf();
+    let resources = node.resources.clone();
+    let events = node.events.clone();
     tokio::spawn(async move {
         let log_dir = dir.clone();
         let log = move |m: &str| console(&log_dir, m);
-        let result = async {
-            let net = network::Network::connect()?;
-            net.apply(
-                config.as_ref(),
-                hostname,
-                std::path::Path::new("/etc/resolv.conf"),
-                log,
-            )
-            .await
-        }
-        .await;
-        match result {
-            Ok(links) => {
-                let up: Vec<String> = links
-                    .iter()
-                    .flat_map(|c| {
-                        c.addresses
-                            .iter()
-                            .map(move |(a, p)| format!("{} {a}/{p}", c.link))
-                    })
-                    .collect();
-                console(&dir, &format!("network up: {}", up.join(", ")));
+        let net = match network::Network::connect() {
+            Ok(net) => net,
+            Err(e) => return console(&dir, &format!("network: {e}")),
+        };
+        let resolv = std::path::PathBuf::from("/etc/resolv.conf");
+        let correct = node_setup.is_some();
+        if let Some((config, hostname)) = node_setup {
+            match net.apply(config.as_ref(), hostname, &resolv, log).await {
+                Ok(links) => {
+                    let up: Vec<String> = links
+                        .iter()
+                        .flat_map(|c| {
+                            c.addresses
+                                .iter()
+                                .map(move |(a, p)| format!("{} {a}/{p}", c.link))
+                        })
+                        .collect();
+                    console(&dir, &format!("network up: {}", up.join(", ")));
+                }
+                Err(e) => console(&dir, &format!("network: {e}")),
             }
-            Err(e) => console(&dir, &format!("network: {e}")),
         }
+        let Some(interval) = interval else { return };
+        let config = match state::ConfigStore::open(&dir) {
+            Ok(c) => c,
+            Err(e) => return console(&dir, &format!("network controller: {e}")),
+        };
+        let controller = Arc::new(network::controller::NetworkController {
+            network: net,
+            config,
+            resources,
+            events,
+            state_dir: dir,
+            resolv_path: resolv,
+            correct,
+            owned: Default::default(),
+            reported: Default::default(),
+        });
+        controller.run(interval).await;
     });
 }
 

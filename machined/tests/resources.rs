@@ -101,6 +101,44 @@ async fn resources_are_listed_read_and_watched() {
     assert_eq!(spec(&r)["hostname"], "node-2");
     assert_eq!(r.metadata.unwrap().version, 2);
 
+    // The network controller publishes what it observes (dev mode: the workstation's
+    // links, read-only): the loopback link with its address.
+    let lo = c
+        .resource
+        .get(rs::GetRequest {
+            namespace: "network".into(),
+            r#type: "Link".into(),
+            id: "lo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .resource
+        .expect("network/Link lo");
+    assert_eq!(spec(&lo)["loopback"], true);
+    assert_eq!(
+        spec(&lo)["up"],
+        true,
+        "{}",
+        String::from_utf8_lossy(&lo.spec_json)
+    );
+    let addresses = c
+        .resource
+        .list(rs::ListRequest {
+            namespace: "network".into(),
+            r#type: "Address".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .resources;
+    assert!(
+        addresses
+            .iter()
+            .any(|a| spec(a)["address"] == "127.0.0.1/8"),
+        "{addresses:?}"
+    );
+
     // Bad requests name the problem.
     let e = c
         .resource

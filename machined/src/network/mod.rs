@@ -9,10 +9,14 @@
 //! (REQUEST at half the lease time; the address stays while renewals fail, as DHCP allows
 //! until the lease ends).
 //!
+//! After the start, [`controller`] keeps links, addresses, routes and the resolver as the
+//! current configuration and the leases say (config changes without a reboot, drift
+//! correction) and publishes them as resources.
+//!
 //! Limits: IPv4 only (IPv6 router advertisements are left to the kernel), VLAN
-//! sub-interfaces in the configuration are reported as not applied yet, and drift
-//! correction (someone removing the address) belongs to the network controller.
+//! sub-interfaces in the configuration are reported as not applied yet.
 
+pub mod controller;
 pub mod dhcp_client;
 pub mod dhcp_packet;
 
@@ -260,6 +264,18 @@ pub struct Configured {
 #[derive(Debug, Clone)]
 pub struct Network {
     handle: Handle,
+    /// The DHCP lease held per link (updated on renewal).
+    leases: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Lease>>>,
+}
+
+/// The default route through a DHCP router (metric 1024, below static defaults).
+pub fn default_route(router: Ipv4Addr) -> RoutePlan {
+    RoutePlan {
+        destination: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+        gateway: Some(router),
+        metric: Some(1024),
+    }
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
@@ -273,7 +289,18 @@ impl Network {
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(NetworkError::Connection)?;
         tokio::spawn(connection);
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            leases: Default::default(),
+        })
+    }
+
+    /// The DHCP leases held, by link name.
+    pub fn leases(&self) -> std::collections::BTreeMap<String, Lease> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The machine's links.
@@ -343,17 +370,12 @@ impl Network {
         self.add_address(link, lease.address, lease.prefix_len)
             .await?;
         if let Some(router) = lease.router {
-            self.add_route(
-                link,
-                &RoutePlan {
-                    destination: Ipv4Addr::UNSPECIFIED,
-                    prefix_len: 0,
-                    gateway: Some(router),
-                    metric: Some(1024),
-                },
-            )
-            .await?;
+            self.add_route(link, &default_route(router)).await?;
         }
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(link.name.clone(), lease.clone());
         Ok(())
     }
 
