@@ -8,6 +8,7 @@
 
 mod apply;
 mod follow;
+mod health;
 mod render;
 mod resources_cmd;
 mod services_cmd;
@@ -125,6 +126,9 @@ enum Command {
         #[arg(short = 'w', long)]
         watch: bool,
     },
+    /// Check each node: API, committed boot slot, services, config, drift, time; exits
+    /// non-zero when a node fails a check.
+    Health,
     /// List the services each node supervises.
     Services,
     /// Start, stop or restart one service.
@@ -473,6 +477,7 @@ fn unary_op(cli: &Cli) -> anyhow::Result<Op> {
             attempts: u.attempts.max(1),
         },
         Command::Services => Op::Services,
+        Command::Health => Op::Health,
         Command::Service { name, action } => Op::Service {
             id: name.clone(),
             action: *action,

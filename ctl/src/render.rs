@@ -105,6 +105,8 @@ pub enum Op {
     },
     /// MachineService.ServiceList.
     Services,
+    /// `basaltctl health`.
+    Health,
     /// MachineService.ServiceStart/Stop/Restart.
     Service {
         /// The service id.
@@ -194,7 +196,7 @@ pub(crate) fn ts(t: &Option<prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
-fn slot(s: i32) -> &'static str {
+pub(crate) fn slot(s: i32) -> &'static str {
     match pb::Slot::try_from(s) {
         Ok(pb::Slot::A) => "A",
         Ok(pb::Slot::B) => "B",
@@ -434,6 +436,7 @@ impl Op {
                 Ok(upgrade_rendered(&r))
             }
             Op::Services => crate::services_cmd::list(&mut c).await,
+            Op::Health => crate::health::health(&mut c).await,
             Op::Service { id, action } => crate::services_cmd::act(&mut c, id, action).await,
             Op::Reset {
                 wipe_state,

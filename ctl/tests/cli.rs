@@ -237,6 +237,16 @@ fn bootstrap_a_node_and_operate_it() {
     );
     let boot = ok(ctl(cfgp, &["boot-status"]));
     assert!(boot.starts_with("booted A next A"), "{boot}");
+    let health = ok(ctl(cfgp, &["health"]));
+    for line in [
+        "ok   api",
+        "ok   boot     slot A committed",
+        "ok   config   version 1 applied",
+        "ok   drift",
+        "warn time     no time servers configured",
+    ] {
+        assert!(health.contains(line), "{line:?} in\n{health}");
+    }
     assert!(ok(ctl(cfgp, &["reboot"])).contains("recorded"));
 
     // Patch: read, patch (JSON patch, then strategic merge), validate, apply on trial.
@@ -324,6 +334,9 @@ fn bootstrap_a_node_and_operate_it() {
     let t = text(&o);
     assert!(t.contains(&format!("{}\tbasalt", node.addr)), "{t}");
     assert!(t.contains(&format!("basaltctl: {dead}: error:")), "{t}");
+    let o = ctl(cfgp, &["-n", &nodes, "health"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("ok   boot"), "{}", text(&o));
 
     // Tokens: a reader-scoped token cannot reboot, an operator-scoped one can.
     let token = |scope: &str| {
