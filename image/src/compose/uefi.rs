@@ -27,6 +27,7 @@ use basalt_bootloader::systemd_boot::{
 };
 
 use super::fat_volume::{FatContent, build_fat};
+use super::overlay::BootOverlay;
 use super::{ComposeError, step};
 use crate::inputs::BoardInputs;
 
@@ -55,7 +56,7 @@ pub fn entry_set(board: &Board, version: &str, root_hash: &str) -> EntrySet {
 }
 
 /// Builds the ESP image at `path` (`size` bytes): the board's EFI files, slot A's kernel
-/// and initramfs, `loader.conf` and both entries.
+/// and initramfs, the overlay files, `loader.conf` and both entries.
 pub fn build_esp(
     path: &Path,
     size: u64,
@@ -64,6 +65,7 @@ pub fn build_esp(
     inputs: &BoardInputs,
     initrd: &Path,
     root_hash: &str,
+    overlay: &BootOverlay,
 ) -> Result<(), ComposeError> {
     let set = entry_set(board, version, root_hash);
     let mut files = Vec::new();
@@ -79,6 +81,7 @@ pub fn build_esp(
         initrd_dest.trim_start_matches('/').to_string(),
         FatContent::File(initrd.to_path_buf()),
     ));
+    overlay.lay_over(&mut files);
     build_fat(path, size, "BOOT", &files).map_err(step("build the ESP"))?;
     let mut esp = FatEsp::open(path, 0, size)
         .map_err(step("open the ESP"))?
