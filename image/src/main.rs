@@ -15,6 +15,7 @@ use basalt_image::bundle::{generate_signing_key, verifying_key_base64};
 use basalt_image::compose::overlay::UserOverlays;
 use basalt_image::compose::{BuildRequest, build_overlaid};
 use basalt_image::inputs::{DebCache, KernelSource, sha256_file};
+use basalt_image::squashfs::{SquashfsCompression, SquashfsOptions, squash_dir};
 use clap::{Parser, Subcommand};
 
 /// Build Basalt OS images.
@@ -78,6 +79,21 @@ enum Command {
         /// Let an overlay replace this composer-written path on BOOT (e.g. boot.scr).
         #[arg(long, value_name = "PATH")]
         allow_replace: Vec<String>,
+    },
+    /// Squash a folder into a squashfs image the way `build` makes the root filesystem
+    /// (zstd, root-owned, modes normalised, timestamps from SOURCE_DATE_EPOCH); used by
+    /// scripts/bench-image to compare with mksquashfs.
+    Squashfs {
+        /// The folder to squash.
+        dir: PathBuf,
+        /// The image to write.
+        out: PathBuf,
+        /// zstd level.
+        #[arg(long, default_value_t = 3)]
+        level: u32,
+        /// Block size in bytes.
+        #[arg(long, default_value_t = 128 * 1024)]
+        block_size: u32,
     },
     /// Create an Ed25519 signing key (PKCS#8 PEM, mode 0600) for update bundles, and
     /// print its public key (base64) for the nodes' UpdateConfig.
@@ -145,6 +161,27 @@ fn run(cli: Cli) -> Result<()> {
             std::fs::write(&pub_path, format!("{public}\n"))
                 .with_context(|| format!("writing {}", pub_path.display()))?;
             println!("publicKey: {public}");
+            Ok(())
+        }
+        Command::Squashfs {
+            dir,
+            out,
+            level,
+            block_size,
+        } => {
+            let options = SquashfsOptions {
+                compression: SquashfsCompression::Zstd,
+                level,
+                block_size,
+                mtime: u32::try_from(source_date_epoch()?).unwrap_or(u32::MAX),
+            };
+            let report = squash_dir(&dir, &out, &options)?;
+            println!(
+                "{}: {} bytes, {} entries",
+                out.display(),
+                report.bytes,
+                report.entries
+            );
             Ok(())
         }
         Command::GenSigningKey { out } => {
