@@ -406,8 +406,10 @@ fn compose(
             board,
             &req.version,
             &inputs,
-            &initrd,
-            &root_hash,
+            uefi::SlotA {
+                initrd: &initrd,
+                root_hash: &root_hash,
+            },
             overlay,
         )?;
     } else {

@@ -55,6 +55,15 @@ pub fn entry_set(board: &Board, version: &str, root_hash: &str) -> EntrySet {
     }
 }
 
+/// What of slot A the ESP carries besides its kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotA<'a> {
+    /// Slot A's initramfs.
+    pub initrd: &'a Path,
+    /// Slot A's dm-verity root hash (hex), for its entry's options.
+    pub root_hash: &'a str,
+}
+
 /// Builds the ESP image at `path` (`size` bytes): the board's EFI files, slot A's kernel
 /// and initramfs, the overlay files, `loader.conf` and both entries.
 pub fn build_esp(
@@ -63,11 +72,10 @@ pub fn build_esp(
     board: &Board,
     version: &str,
     inputs: &BoardInputs,
-    initrd: &Path,
-    root_hash: &str,
+    slot_a: SlotA<'_>,
     overlay: &BootOverlay,
 ) -> Result<(), ComposeError> {
-    let set = entry_set(board, version, root_hash);
+    let set = entry_set(board, version, slot_a.root_hash);
     let mut files = Vec::new();
     for f in &inputs.boot_files {
         files.push((f.dest.clone(), FatContent::File(f.source.clone())));
@@ -79,7 +87,7 @@ pub fn build_esp(
     ));
     files.push((
         initrd_dest.trim_start_matches('/').to_string(),
-        FatContent::File(initrd.to_path_buf()),
+        FatContent::File(slot_a.initrd.to_path_buf()),
     ));
     overlay.lay_over(&mut files);
     build_fat(path, size, "BOOT", &files).map_err(step("build the ESP"))?;
