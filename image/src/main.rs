@@ -3,7 +3,7 @@
 //! ```text
 //! basalt-image boards
 //! basalt-image build --board qemu-arm64 --version 1.2.0 --out out/qemu-arm64 \
-//!     --machined target/node/aarch64/machined
+//!     --machined target/node/aarch64/machined [--overlay DIR]...
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -12,8 +12,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use basalt_boards::Board;
 use basalt_image::bundle::{generate_signing_key, verifying_key_base64};
-use basalt_image::compose::{BuildRequest, build};
+use basalt_image::compose::overlay::UserOverlays;
+use basalt_image::compose::{BuildRequest, build_overlaid};
 use basalt_image::inputs::{DebCache, KernelSource, sha256_file};
+use basalt_image::squashfs::{SquashfsCompression, SquashfsOptions, squash_dir};
 use clap::{Parser, Subcommand};
 
 /// Build Basalt OS images.
@@ -66,6 +68,32 @@ enum Command {
         /// without it no bundle is written.
         #[arg(long, value_name = "FILE")]
         signing_key: Option<PathBuf>,
+        /// Lay the files of DIR over BOOT, after the board's overlay (repeatable, applied in
+        /// order). DIR/config.txt is appended line by line to the board's config.txt; every
+        /// other file is added or replaces the file at the same path on BOOT. Files the boot
+        /// needs (boot.scr, the U-Boot env file; on UEFI boards EFI/BOOT/, loader/, basalt/)
+        /// are refused unless named with --allow-replace. Symlinks out of DIR are refused.
+        /// See docs/OVERLAYS.md.
+        #[arg(long, value_name = "DIR")]
+        overlay: Vec<PathBuf>,
+        /// Let an overlay replace this composer-written path on BOOT (e.g. boot.scr).
+        #[arg(long, value_name = "PATH")]
+        allow_replace: Vec<String>,
+    },
+    /// Squash a folder into a squashfs image the way `build` makes the root filesystem
+    /// (zstd, root-owned, modes normalised, timestamps from SOURCE_DATE_EPOCH); used by
+    /// scripts/bench-image to compare with mksquashfs.
+    Squashfs {
+        /// The folder to squash.
+        dir: PathBuf,
+        /// The image to write.
+        out: PathBuf,
+        /// zstd level.
+        #[arg(long, default_value_t = 3)]
+        level: u32,
+        /// Block size in bytes.
+        #[arg(long, default_value_t = 128 * 1024)]
+        block_size: u32,
     },
     /// Create an Ed25519 signing key (PKCS#8 PEM, mode 0600) for update bundles, and
     /// print its public key (base64) for the nodes' UpdateConfig.
@@ -135,6 +163,27 @@ fn run(cli: Cli) -> Result<()> {
             println!("publicKey: {public}");
             Ok(())
         }
+        Command::Squashfs {
+            dir,
+            out,
+            level,
+            block_size,
+        } => {
+            let options = SquashfsOptions {
+                compression: SquashfsCompression::Zstd,
+                level,
+                block_size,
+                mtime: u32::try_from(source_date_epoch()?).unwrap_or(u32::MAX),
+            };
+            let report = squash_dir(&dir, &out, &options)?;
+            println!(
+                "{}: {} bytes, {} entries",
+                out.display(),
+                report.bytes,
+                report.entries
+            );
+            Ok(())
+        }
         Command::GenSigningKey { out } => {
             let key = generate_signing_key(&out)?;
             println!("{}", verifying_key_base64(&key.verifying_key()));
@@ -148,6 +197,8 @@ fn run(cli: Cli) -> Result<()> {
             kernel_dir,
             repo,
             signing_key,
+            overlay,
+            allow_replace,
         } => {
             let board = Board::resolve(&board)?;
             let cwd = std::env::current_dir().context("cannot read the current folder")?;
@@ -180,7 +231,11 @@ fn run(cli: Cli) -> Result<()> {
                 epoch: source_date_epoch()?,
                 signing_key,
             };
-            let output = build(&request)?;
+            let overlays = UserOverlays {
+                dirs: overlay,
+                allow_replace,
+            };
+            let output = build_overlaid(&request, &overlays)?;
             let disk_sha = sha256_file(&output.disk_image)
                 .with_context(|| format!("cannot hash {}", output.disk_image.display()))?;
             println!("board:        {}", request.board.name);

@@ -6,79 +6,17 @@
 //!
 //! Needs the board inputs in cache/debs (scripts/setup-host).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-use basalt_boards::Board;
+use std::path::Path;
+
 use basalt_bootloader::partition_table::PartitionTable;
-use basalt_image::compose::{BuildOutput, BuildRequest, build};
-use basalt_image::inputs::{DebCache, KernelSource};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} not found ({e}): run scripts/setup-host"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use basalt_image::compose::overlay::UserOverlays;
+use basalt_image::compose::{BuildOutput, build};
+use common::{build_board, extract, mcopy, request, run};
 
 fn build_once(dir: &Path, name: &str) -> BuildOutput {
-    // A stand-in /init: this test checks the image's structure, not machined.
-    let init = dir.join("init");
-    std::fs::write(&init, b"#!/bin/false\n").unwrap();
-    let cache = DebCache::from_repo(&repo()).expect("inputs.lock: run scripts/setup-host");
-    let key = dir.join("signing.pem");
-    if !key.exists() {
-        basalt_image::bundle::generate_signing_key(&key).unwrap();
-    }
-    let request = BuildRequest {
-        board: Board::load("qemu-arm64").unwrap(),
-        version: "1.2.3".into(),
-        out: dir.join(name),
-        machined: init,
-        kernel: KernelSource::Package,
-        cache,
-        epoch: 1_700_000_000,
-        signing_key: Some(key),
-    };
-    build(&request).unwrap_or_else(|e| panic!("build failed: {e}"))
-}
-
-/// Copies `len` bytes at `offset` of `disk` into their own file.
-fn extract(disk: &Path, offset: u64, len: u64, to: &Path) {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(disk).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).unwrap();
-    std::fs::write(to, buf).unwrap();
-}
-
-/// Reads `path` from the FAT image `fat` with mtools.
-fn mcopy(fat: &Path, path: &str, to: &Path) {
-    run(
-        "mcopy",
-        &[
-            "-n",
-            "-i",
-            fat.to_str().unwrap(),
-            &format!("::{path}"),
-            to.to_str().unwrap(),
-        ],
-    );
+    build_board(dir, "qemu-arm64", name, &UserOverlays::default())
 }
 
 #[test]
@@ -237,16 +175,8 @@ fn existing_output_folder_is_refused_and_kept() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep"), b"x").unwrap();
-    let request = BuildRequest {
-        board: Board::load("qemu-arm64").unwrap(),
-        version: "1.0.0".into(),
-        out: out.clone(),
-        machined: dir.path().join("missing"),
-        kernel: KernelSource::Package,
-        cache: DebCache::from_repo(&repo()).unwrap(),
-        epoch: 0,
-        signing_key: None,
-    };
+    let mut request = request(dir.path(), "qemu-arm64", "out");
+    request.machined = dir.path().join("missing");
     let err = build(&request).unwrap_err().to_string();
     assert!(err.contains("not empty"), "{err}");
     assert_eq!(std::fs::read(out.join("keep")).unwrap(), b"x");

@@ -8,97 +8,23 @@
 //!
 //! Needs the board inputs in cache/debs (scripts/setup-host).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::Path;
 
 use basalt_boards::Board;
 use basalt_bootloader::partition_table::PartitionTable;
 use basalt_bootloader::systemd_boot::{EntryFileName, FatEsp, SystemdBoot};
 use basalt_bootloader::{Bootloader, Slot};
-use basalt_image::compose::{BuildOutput, BuildRequest, build};
-use basalt_image::inputs::{DebCache, KernelSource};
-
-const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} not found ({e}): run scripts/setup-host"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use basalt_image::compose::BuildOutput;
+use basalt_image::compose::overlay::UserOverlays;
+use common::{extract, mls, mread, run};
 
 fn build_board(dir: &Path, board: &str, name: &str) -> BuildOutput {
-    // A stand-in /init: this test checks the image's structure, not machined.
-    let init = dir.join("init");
-    std::fs::write(&init, b"#!/bin/false\n").unwrap();
-    let key = dir.join("signing.pem");
-    if !key.exists() {
-        basalt_image::bundle::generate_signing_key(&key).unwrap();
-    }
-    let request = BuildRequest {
-        board: Board::load(board).unwrap(),
-        version: "1.2.3".into(),
-        out: dir.join(name),
-        machined: init,
-        kernel: KernelSource::Package,
-        cache: DebCache::from_repo(&repo()).expect("inputs.lock: run scripts/setup-host"),
-        epoch: 1_700_000_000,
-        signing_key: Some(key),
-    };
-    build(&request).unwrap_or_else(|e| panic!("{board} build failed: {e}"))
+    common::build_board(dir, board, name, &UserOverlays::default())
 }
 
-fn extract(disk: &Path, offset: u64, len: u64, to: &Path) {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(disk).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).unwrap();
-    std::fs::write(to, buf).unwrap();
-}
-
-/// `path` of the FAT image `fat`, read with mtools.
-fn mread(dir: &Path, fat: &Path, path: &str) -> Vec<u8> {
-    let to = dir.join("mcopy.out");
-    let _ = std::fs::remove_file(&to);
-    run(
-        "mcopy",
-        &[
-            "-n",
-            "-i",
-            fat.to_str().unwrap(),
-            &format!("::{path}"),
-            to.to_str().unwrap(),
-        ],
-    );
-    std::fs::read(&to).unwrap()
-}
-
-/// File names in `dir` of the FAT image `fat` (long names), listed with mtools.
-fn mls(fat: &Path, dir: &str) -> Vec<String> {
-    run(
-        "mdir",
-        &["-b", "-i", fat.to_str().unwrap(), &format!("::{dir}")],
-    )
-    .lines()
-    .filter_map(|l| l.trim().rsplit('/').next().map(str::to_string))
-    .filter(|n| !n.is_empty())
-    .collect()
-}
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 
 /// Checks one UEFI image; returns nothing, panics naming the failed check.
 fn check_uefi_image(dir: &Path, out: &BuildOutput, board: &str, loader: &str, kernel: &str) {

@@ -10,7 +10,8 @@
 //!    (squashfs + hash tree) and `basalt/slot.env` (the verity root hash, read by the boot
 //!    script and passed as `basalt.roothash=`);
 //! 5. BOOT: on U-Boot boards FAT with the boot script (`boot.scr`), the initial U-Boot env
-//!    (slot A active and committed), firmware, U-Boot and overlay files; on UEFI boards the
+//!    (slot A active and committed), firmware, U-Boot and overlay files ([`overlay`]: the
+//!    board's `overlays/<board>/`, then `--overlay` folders); on UEFI boards the
 //!    EFI system partition with systemd-boot, `loader.conf`, one entry per slot with boot
 //!    counting (slot A blessed) and slot A's kernel and initramfs ([`uefi`]);
 //! 6. STATE and DATA: empty ext4;
@@ -31,6 +32,7 @@ pub mod assemble;
 pub mod ext4;
 pub mod fat_volume;
 pub mod outputs;
+pub mod overlay;
 pub mod uefi;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +52,7 @@ use crate::inputs::{BoardInputs, DebCache, KernelSource, prepare_inputs};
 use crate::squashfs::{SquashTree, SquashfsCompression, SquashfsOptions, write_squashfs};
 use crate::verity::{Salt, append_hash_tree};
 use fat_volume::{FatContent, build_fat};
+use overlay::{BootOverlay, UserOverlays};
 
 /// The boot script template shipped with the repository.
 const BOOT_CMD_TEMPLATE: &str = include_str!("../../../overlays/common/u-boot/boot.cmd");
@@ -81,6 +84,9 @@ pub enum ComposeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A board or user overlay is broken.
+    #[error(transparent)]
+    Overlay(#[from] overlay::OverlayError),
     /// The output folder exists and is not empty.
     #[error("output folder {0} exists and is not empty; remove it or choose another")]
     OutputExists(PathBuf),
@@ -198,6 +204,7 @@ fn uboot_boot(
     board: &Board,
     plan: &DiskPlan,
     inputs: &BoardInputs,
+    overlay: &BootOverlay,
     mtime: u32,
     boot_image: &Path,
     boot_size: u64,
@@ -214,11 +221,21 @@ fn uboot_boot(
     for f in &inputs.boot_files {
         boot_files.push((f.dest.clone(), FatContent::File(f.source.clone())));
     }
+    overlay.lay_over(&mut boot_files);
     build_fat(boot_image, boot_size, "BOOT", &boot_files).map_err(step("build BOOT"))
 }
 
-/// Builds every artefact of `req` into `req.out`.
+/// Builds every artefact of `req` into `req.out`, with the board overlay only.
 pub fn build(req: &BuildRequest) -> Result<BuildOutput, ComposeError> {
+    build_overlaid(req, &UserOverlays::default())
+}
+
+/// Builds every artefact of `req` into `req.out`, laying the board overlay and then `user`'s
+/// overlays over BOOT ([`overlay`]). Overlays are read and checked before anything is built.
+pub fn build_overlaid(
+    req: &BuildRequest,
+    user: &UserOverlays,
+) -> Result<BuildOutput, ComposeError> {
     let board = &req.board;
     if board.boot.family == BootloaderFamily::RpiTryboot {
         return Err(ComposeError::Unsupported {
@@ -237,6 +254,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutput, ComposeError> {
     {
         return Err(ComposeError::OutputExists(req.out.clone()));
     }
+    let overlay = BootOverlay::collect(board, user)?;
     let parent = req
         .out
         .parent()
@@ -249,7 +267,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutput, ComposeError> {
         .map_err(step("create the build folder"))?;
     let staging = work.path().join("out");
     std::fs::create_dir(&staging).map_err(step("create the staging folder"))?;
-    let output = compose(req, work.path(), &staging)?;
+    let output = compose(req, &overlay, work.path(), &staging)?;
     outputs::write_release_files(req, &staging, &output)?;
     if req.out.exists() {
         std::fs::remove_dir(&req.out).map_err(step("replace the empty output folder"))?;
@@ -262,7 +280,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutput, ComposeError> {
     })
 }
 
-fn compose(req: &BuildRequest, work: &Path, out: &Path) -> Result<BuildOutput, ComposeError> {
+fn compose(
+    req: &BuildRequest,
+    overlay: &BootOverlay,
+    work: &Path,
+    out: &Path,
+) -> Result<BuildOutput, ComposeError> {
     let board = &req.board;
     let seed = format!("{} {}", board.name, req.version);
     let mtime = u32::try_from(req.epoch).unwrap_or(u32::MAX);
@@ -383,11 +406,22 @@ fn compose(req: &BuildRequest, work: &Path, out: &Path) -> Result<BuildOutput, C
             board,
             &req.version,
             &inputs,
-            &initrd,
-            &root_hash,
+            uefi::SlotA {
+                initrd: &initrd,
+                root_hash: &root_hash,
+            },
+            overlay,
         )?;
     } else {
-        uboot_boot(board, &plan, &inputs, mtime, &boot_image, boot_size)?;
+        uboot_boot(
+            board,
+            &plan,
+            &inputs,
+            overlay,
+            mtime,
+            &boot_image,
+            boot_size,
+        )?;
     }
 
     // 6. STATE and DATA

@@ -27,6 +27,7 @@ use basalt_bootloader::systemd_boot::{
 };
 
 use super::fat_volume::{FatContent, build_fat};
+use super::overlay::BootOverlay;
 use super::{ComposeError, step};
 use crate::inputs::BoardInputs;
 
@@ -54,18 +55,27 @@ pub fn entry_set(board: &Board, version: &str, root_hash: &str) -> EntrySet {
     }
 }
 
+/// What of slot A the ESP carries besides its kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotA<'a> {
+    /// Slot A's initramfs.
+    pub initrd: &'a Path,
+    /// Slot A's dm-verity root hash (hex), for its entry's options.
+    pub root_hash: &'a str,
+}
+
 /// Builds the ESP image at `path` (`size` bytes): the board's EFI files, slot A's kernel
-/// and initramfs, `loader.conf` and both entries.
+/// and initramfs, the overlay files, `loader.conf` and both entries.
 pub fn build_esp(
     path: &Path,
     size: u64,
     board: &Board,
     version: &str,
     inputs: &BoardInputs,
-    initrd: &Path,
-    root_hash: &str,
+    slot_a: SlotA<'_>,
+    overlay: &BootOverlay,
 ) -> Result<(), ComposeError> {
-    let set = entry_set(board, version, root_hash);
+    let set = entry_set(board, version, slot_a.root_hash);
     let mut files = Vec::new();
     for f in &inputs.boot_files {
         files.push((f.dest.clone(), FatContent::File(f.source.clone())));
@@ -77,8 +87,9 @@ pub fn build_esp(
     ));
     files.push((
         initrd_dest.trim_start_matches('/').to_string(),
-        FatContent::File(initrd.to_path_buf()),
+        FatContent::File(slot_a.initrd.to_path_buf()),
     ));
+    overlay.lay_over(&mut files);
     build_fat(path, size, "BOOT", &files).map_err(step("build the ESP"))?;
     let mut esp = FatEsp::open(path, 0, size)
         .map_err(step("open the ESP"))?
