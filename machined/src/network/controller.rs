@@ -518,22 +518,24 @@ impl NetworkController {
                         .publish(crate::events::EventKind::Config, &c.subject(), message);
                     done.push(c);
                 }
-                Err(e) => {
-                    let message = format!("drift not corrected: {c}: {e}");
-                    let new = self
-                        .reported
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(message.clone());
-                    if new {
-                        crate::console(&self.state_dir, &message);
-                    }
-                }
+                Err(e) => self.report_once(format!("drift not corrected: {c}: {e}")),
             }
         }
         let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
         *owned = (wanted.addresses, wanted.routes);
         Ok(done)
+    }
+
+    /// Prints `message` unless it was printed before (a failure that persists).
+    fn report_once(&self, message: String) {
+        let new = self
+            .reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(message.clone());
+        if new {
+            crate::console(&self.state_dir, &message);
+        }
     }
 
     fn publish(&self, observed: &Observed) {
@@ -608,15 +610,7 @@ impl NetworkController {
         loop {
             ticker.tick().await;
             if let Err(e) = self.round().await {
-                let message = format!("network controller: {e}");
-                let new = self
-                    .reported
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(message.clone());
-                if new {
-                    crate::console(&self.state_dir, &message);
-                }
+                self.report_once(format!("network controller: {e}"));
             }
         }
     }
