@@ -10,7 +10,8 @@
 //! - [`UefiFirmware`]: per-test copies of the UEFI firmware (QEMU's pflash wants its own
 //!   writable vars store, and on arm64 both images padded to 64 MiB);
 //! - [`Qemu`]: a booted machine whose console is captured (and saved to a log file), killed
-//!   when dropped — also when an assertion fails;
+//!   when dropped — also when an assertion fails; QEMU virt with U-Boot, UEFI boards, and
+//!   the Raspberry Pi machines (U-Boot from the SD card's BOOT partition);
 //! - [`basaltctl`]: the CLI built by the same `cargo test --workspace` run;
 //! - [`free_port`]: a free TCP port on 127.0.0.1 for a host forward;
 //! - [`rig`]: a configured node on one disk file, power-cycled by relaunching QEMU;
@@ -305,6 +306,63 @@ impl Qemu {
                 cmd.args(["-nic", "none"]);
             }
         }
+        Self::spawn(cmd, log)
+    }
+
+    /// Boots the SD card image `sd` on a Raspberry Pi board's QEMU machine (`rpi3`:
+    /// `raspi3b`): QEMU has no Pi GPU firmware, so the board's `[qemu] kernel_from_boot`
+    /// (U-Boot) and `dtb_from_boot` are copied out of the card's BOOT partition (number 1)
+    /// into `dir` and given as `-kernel` and `-dtb`, as the firmware would load them. The
+    /// card must be a power of two in size ([`slot_tools::sd_card_copy`]). The serial port
+    /// `[qemu] console_serial` is the console captured (and saved to `log`); the ports
+    /// before it go to `log` + `.serialN` (raspi3b: port 0 is the PL011, which gets only
+    /// U-Boot's first banner lines; port 1 the mini-UART, U-Boot's and the kernel's console).
+    /// No network: QEMU's raspi3b has no NIC it can forward to.
+    pub fn boot_raspi(board: &Board, sd: &Path, dir: &Path, log: &Path) -> Qemu {
+        let q = board
+            .qemu
+            .as_ref()
+            .unwrap_or_else(|| panic!("board {} has no [qemu] section", board.name));
+        let len = std::fs::metadata(sd)
+            .unwrap_or_else(|e| panic!("{}: {e}", sd.display()))
+            .len();
+        assert!(
+            len.is_power_of_two(),
+            "{}: QEMU's SD card needs a power-of-two size, not {len} bytes",
+            sd.display()
+        );
+        let boot = slot_tools::open_fat(sd, slot_tools::PartitionRef::Number(1));
+        let from_boot = |name: &Option<String>, what: &str| {
+            let name = name
+                .as_deref()
+                .unwrap_or_else(|| panic!("board {} has no [qemu] {what}", board.name));
+            let mut data = Vec::new();
+            boot.root_dir()
+                .open_file(name)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .unwrap_or_else(|e| panic!("{name} on BOOT of {}: {e}", sd.display()));
+            let out = dir.join(name);
+            std::fs::write(&out, data).unwrap();
+            out
+        };
+        let kernel = from_boot(&q.kernel_from_boot, "kernel_from_boot");
+        let dtb = from_boot(&q.dtb_from_boot, "dtb_from_boot");
+        drop(boot);
+        let mut cmd = Command::new(&q.binary);
+        cmd.args(["-M", &q.machine, "-m", &q.memory_mib.to_string()])
+            .args(["-display", "none", "-monitor", "none"])
+            .args(["-accel", "tcg", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-dtb")
+            .arg(&dtb)
+            .arg("-drive")
+            .arg(format!("if=sd,format=raw,file={}", sd.display()));
+        for port in 0..q.console_serial {
+            cmd.arg("-serial")
+                .arg(format!("file:{}.serial{port}", log.display()));
+        }
+        cmd.args(["-serial", "stdio"]);
         Self::spawn(cmd, log)
     }
 

@@ -8,6 +8,9 @@
 //!   i.e. a slot whose kernel and initramfs boot but whose root cannot be found;
 //! - [`sign_slot`]: a signed update bundle for any slot image, with basalt-image's bundle
 //!   writer (the same code as `basalt-image build`), so the node accepts the bad slot;
+//! - [`sd_card_copy`], [`write_slot`], [`open_fat`]: a disk image as a QEMU SD card (padded
+//!   to a power of two), a slot image written over a partition, and a partition's FAT by
+//!   label or number (MBR disks, e.g. the Raspberry Pi's, have no labels);
 //! - [`flip_rootfs_byte`]: flips one byte inside the squashfs of a slot partition's
 //!   `rootfs.img` on a disk image file, through the FAT filesystem of that partition.
 //!
@@ -110,20 +113,42 @@ impl Seek for Window {
     }
 }
 
-/// The FAT filesystem of the partition labelled `label` on the disk image `disk`.
-pub fn open_partition_fat(disk: &Path, label: &str) -> fatfs::FileSystem<Window> {
+/// Which partition of a disk: by GPT label, or by number (MBR disks have no labels).
+#[derive(Debug, Clone, Copy)]
+pub enum PartitionRef<'a> {
+    /// The GPT partition name, e.g. `SYSTEM-B`.
+    Label(&'a str),
+    /// The partition number (1-based), as the kernel and U-Boot count on MBR.
+    Number(u32),
+}
+
+/// Start and size in bytes of partition `which` on the disk image `disk`.
+pub fn partition_extent(disk: &Path, which: PartitionRef) -> (u64, u64) {
     let name = disk.display().to_string();
     let table = PartitionTable::read(
         &mut File::open(disk).unwrap_or_else(|e| panic!("{name}: {e}")),
         &name,
     )
     .unwrap_or_else(|e| panic!("partition table of {name}: {e}"));
-    let part = table
-        .by_label(label)
-        .unwrap_or_else(|| panic!("no partition {label} on {name}"));
-    let window = Window::open(disk, part.start, part.size).unwrap();
+    let part = match which {
+        PartitionRef::Label(label) => table.by_label(label),
+        PartitionRef::Number(n) => table.by_number(n),
+    }
+    .unwrap_or_else(|| panic!("no partition {which:?} on {name}"));
+    (part.start, part.size)
+}
+
+/// The FAT filesystem of the partition labelled `label` on the disk image `disk`.
+pub fn open_partition_fat(disk: &Path, label: &str) -> fatfs::FileSystem<Window> {
+    open_fat(disk, PartitionRef::Label(label))
+}
+
+/// The FAT filesystem of partition `which` on the disk image `disk`.
+pub fn open_fat(disk: &Path, which: PartitionRef) -> fatfs::FileSystem<Window> {
+    let (start, size) = partition_extent(disk, which);
+    let window = Window::open(disk, start, size).unwrap();
     fatfs::FileSystem::new(window, fatfs::FsOptions::new())
-        .unwrap_or_else(|e| panic!("{label} on {name} is not FAT: {e}"))
+        .unwrap_or_else(|e| panic!("{which:?} on {} is not FAT: {e}", disk.display()))
 }
 
 /// Copies the slot image `slot` to `out` (sparse: all-zero MiB runs stay holes) and deletes
@@ -207,6 +232,35 @@ pub fn sparse_copy(from: &Path, to: &Path) {
     dst.set_len(len).unwrap();
 }
 
+/// A copy of the disk image `disk` at `out` as an SD card for QEMU: sparse, grown with zeros
+/// to the next power of two (QEMU's SD card model refuses other sizes).
+pub fn sd_card_copy(disk: &Path, out: &Path) {
+    sparse_copy(disk, out);
+    let len = std::fs::metadata(out).unwrap().len();
+    File::options()
+        .write(true)
+        .open(out)
+        .and_then(|f| f.set_len(len.next_power_of_two()))
+        .unwrap_or_else(|e| panic!("padding {}: {e}", out.display()));
+}
+
+/// Writes the slot image `slot` over the start of partition `which` of `disk`, every byte
+/// (as an update writes a slot), and syncs.
+pub fn write_slot(disk: &Path, which: PartitionRef, slot: &Path) {
+    let (start, size) = partition_extent(disk, which);
+    let len = std::fs::metadata(slot).unwrap().len();
+    assert!(
+        len <= size,
+        "{} ({len} bytes) does not fit partition {which:?} ({size} bytes)",
+        slot.display()
+    );
+    let mut dst = File::options().write(true).open(disk).unwrap();
+    dst.seek(SeekFrom::Start(start)).unwrap();
+    io::copy(&mut File::open(slot).unwrap(), &mut dst)
+        .unwrap_or_else(|e| panic!("writing {} to {}: {e}", slot.display(), disk.display()));
+    dst.sync_all().unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +281,21 @@ mod tests {
         assert_eq!(&all[16..], &[0; 16]);
         assert!(w.seek(SeekFrom::Current(-100)).is_err());
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn sd_card_copy_pads_to_a_power_of_two() {
+        let dir = std::env::temp_dir().join(format!("basalt-sd-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (disk, sd) = (dir.join("disk.img"), dir.join("sd.img"));
+        let mut data = vec![0u8; (3 << 20) + 5];
+        data[(2 << 20) + 7] = 0xa5;
+        std::fs::write(&disk, &data).unwrap();
+        sd_card_copy(&disk, &sd);
+        let copy = std::fs::read(&sd).unwrap();
+        assert_eq!(copy.len(), 4 << 20);
+        assert_eq!(&copy[..data.len()], &data[..]);
+        assert!(copy[data.len()..].iter().all(|b| *b == 0));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
