@@ -209,14 +209,27 @@ impl StreamOp {
     }
 }
 
-/// Prints one entry of `node` as text (prefixed when several nodes are shown) or as a JSON
-/// line.
-pub fn print(node: &str, several: bool, json_output: bool, line: Line) {
-    if json_output {
-        println!("{}", json!({"node": node, "entry": line.json}));
-    } else if several {
-        println!("{node}\t{}", line.text);
-    } else {
-        println!("{}", line.text);
+/// How stream entries are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Text lines (prefixed with the node when several nodes are shown).
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// One YAML document per entry.
+    Yaml,
+}
+
+/// Prints one entry of `node`.
+pub fn print(node: &str, several: bool, format: Format, line: Line) {
+    let doc = || json!({"node": node, "entry": line.json});
+    match format {
+        Format::Json => println!("{}", doc()),
+        Format::Yaml => match yaml_serde::to_string(&doc()) {
+            Ok(text) => print!("---\n{text}"),
+            Err(e) => eprintln!("basaltctl: {node}: entry not printable as YAML: {e}"),
+        },
+        Format::Text if several => println!("{node}\t{}", line.text),
+        Format::Text => println!("{}", line.text),
     }
 }

@@ -62,8 +62,10 @@ struct Cli {
 enum Output {
     /// Human-readable text.
     Text,
-    /// One JSON array with one object per node.
+    /// One JSON array with one object per node (streams: one JSON object per line).
     Json,
+    /// The same documents as YAML (streams: one YAML document per entry).
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -592,7 +594,7 @@ async fn connect_and_run(cli: Cli, op: Work) -> anyhow::Result<ExitCode> {
     .await;
     let failed = results.iter().filter(|r| r.result.is_err()).count();
     match cli.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let doc: Vec<serde_json::Value> = results
                 .iter()
                 .map(|r| match &r.result {
@@ -602,7 +604,11 @@ async fn connect_and_run(cli: Cli, op: Work) -> anyhow::Result<ExitCode> {
                     Err(e) => serde_json::json!({"node": r.node, "error": e}),
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            if cli.output == Output::Yaml {
+                print!("{}", yaml_serde::to_string(&doc)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            }
         }
         Output::Text => {
             let single = results.len() == 1;
@@ -634,14 +640,18 @@ async fn stream(
     output: Output,
 ) -> anyhow::Result<ExitCode> {
     let several = nodes.len() > 1;
-    let json_output = output == Output::Json;
+    let format = match output {
+        Output::Text => follow::Format::Text,
+        Output::Json => follow::Format::Json,
+        Output::Yaml => follow::Format::Yaml,
+    };
     let results = fan_out(nodes, |node| {
         let (tls, opts, op) = (tls.clone(), opts.clone(), op.clone());
         async move {
             let clients = connect::connect(&node, &tls, &opts)
                 .await
                 .map_err(|e| error_chain(&anyhow::Error::new(e)))?;
-            let mut emit = |line| follow::print(&node, several, json_output, line);
+            let mut emit = |line| follow::print(&node, several, format, line);
             op.run(clients, &mut emit)
                 .await
                 .map_err(|e| error_chain(&e))
