@@ -556,9 +556,7 @@ fn prepare_data(
     host: &Host<'_>,
 ) -> anyhow::Result<()> {
     let node = p.data.node();
-    if p.by_name
-        && let Err(e) = grow_data_partition(console, ops, p)
-    {
+    if let Err(e) = grow_data_partition(console, ops, p) {
         console.info(&format!("DATA partition not grown: {e:#}"));
     }
     mounts::mount(
@@ -596,17 +594,25 @@ fn grow_data_partition(
     p: &Partitions,
 ) -> anyhow::Result<()> {
     let disk = Path::new("/dev").join(&p.disk);
-    if let Some(size) = storage::grow_gpt(&disk)? {
+    let number = p.data.partn.unwrap_or(0);
+    if let Some(size) = storage::grow_table(&disk, number)? {
         console.info(&format!(
-            "GPT of {} moved to the disk's end; DATA partition {} in the table",
+            "{} of {} {} the disk's end; DATA partition {} in the table",
+            if p.by_name { "GPT" } else { "MBR" },
             p.disk,
+            if p.by_name { "moved to" } else { "grown to" },
             storage::mib(size)
         ));
     }
     let mut f =
         std::fs::File::open(&disk).with_context(|| format!("opening {}", disk.display()))?;
     let table = basalt_bootloader::partition_table::PartitionTable::read(&mut f, &p.disk)?;
-    let Some(entry) = table.by_label("DATA") else {
+    let entry = if p.by_name {
+        table.by_label("DATA")
+    } else {
+        table.by_number(number)
+    };
+    let Some(entry) = entry else {
         return Ok(());
     };
     if entry.size != p.data.sectors * 512 {

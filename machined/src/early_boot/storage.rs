@@ -19,20 +19,23 @@
 //!   recoverable (Reset or reflash), a hijacked one is not. Limit: a filesystem whose first
 //!   4 KiB alone were zeroed counts as blank (STATE is one block group: no backup superblock).
 //! - **DATA grown.** When the disk has room after its last partition (an image written to a
-//!   larger card, a disk file extended), [`grow_gpt`] moves the backup GPT to the disk's end
+//!   larger card, a disk file extended), [`grow_table`] moves the backup GPT to the disk's end
 //!   and extends DATA (the last partition) to the last whole MiB before it, with the shared
 //!   [`basalt_bootloader::gpt_grow`] (the same code as `basalt-flash --grow-data`): backup
-//!   first, flush, primary, flush, so the table is valid after a cut at any point. The kernel
+//!   first, flush, primary, flush, so the table is valid after a cut at any point. On an MBR
+//!   disk (Raspberry Pi 3) [`basalt_bootloader::mbr_grow`] extends the extended container,
+//!   then DATA's logical entry, flushing after each sector. The kernel
 //!   is told with `BLKPG_RESIZE_PARTITION` (no re-read of a disk whose partitions are in use),
 //!   and the mounted ext4 is grown with `EXT4_IOC_RESIZE_FS` (what `resize2fs` does online).
 //!
 //! Every step compares what is with what should be, so it is idempotent and a half-done grow
 //! is finished on the next boot: the table step does nothing when the table already ends at
 //! the disk's end; the kernel is told when its partition size differs from the table's; the
-//! filesystem is grown when it is smaller than its partition. Limits: GPT only (an MBR board
-//! keeps its DATA size); 512-byte logical sectors; only DATA as the last partition grows.
+//! filesystem is grown when it is smaller than its partition. Limits: 512-byte logical
+//! sectors; only DATA as the last partition grows.
 
 use basalt_bootloader::gpt_grow::{self, GptError};
+use basalt_bootloader::mbr_grow::{self, MbrGrowError};
 use rustix::fd::AsFd;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -84,6 +87,9 @@ pub enum StorageError {
     /// The GPT cannot be grown.
     #[error(transparent)]
     Gpt(#[from] GptError),
+    /// The MBR cannot be grown.
+    #[error(transparent)]
+    Mbr(#[from] MbrGrowError),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
@@ -213,10 +219,13 @@ pub fn create_from_template(part: &Path, template: &Path) -> Result<Ext4Super, S
     Ok(sb)
 }
 
-/// Moves the backup GPT of `disk` to its end and grows the last partition if it is DATA.
-/// Returns `Some(size in bytes)` of DATA in the table when the table was rewritten, `None`
-/// when it already fills the disk (or the disk has no GPT: MBR disks are left alone).
-pub fn grow_gpt(disk: &Path) -> Result<Option<u64>, StorageError> {
+/// Grows DATA in the partition table of `disk` when the disk has room after it: on a GPT
+/// ([`gpt_grow`]) the backup table moves to the disk's end and DATA (the last partition,
+/// by name) is extended; on an MBR ([`mbr_grow`]) partition `mbr_number` is extended when it
+/// is the last one. Returns DATA's new size in bytes when the table was rewritten (`Some(0)`
+/// for a GPT whose backup moved but whose DATA did not grow), `None` when there was nothing
+/// to do.
+pub fn grow_table(disk: &Path, mbr_number: u32) -> Result<Option<u64>, StorageError> {
     let size = device_size(disk)?;
     let f = OpenOptions::new()
         .read(true)
@@ -225,12 +234,27 @@ pub fn grow_gpt(disk: &Path) -> Result<Option<u64>, StorageError> {
         .map_err(io_err("opening", disk))?;
     let mut head = vec![0u8; size.min(1 << 20) as usize];
     f.read_exact_at(&mut head, 0)
-        .map_err(io_err("reading the GPT of", disk))?;
+        .map_err(io_err("reading the partition table of", disk))?;
+    let name = disk.display().to_string();
     let Some(len) = gpt_grow::primary_len(&head).filter(|&l| l <= head.len()) else {
-        return Ok(None);
+        if head.len() < 512 || head[510..512] != [0x55, 0xaa] {
+            return Ok(None);
+        }
+        let read = |offset: u64| {
+            let mut s = vec![0u8; 512];
+            f.read_exact_at(&mut s, offset).map(|()| s)
+        };
+        let Some(plan) = mbr_grow::grow_last(read, size, mbr_number, &name)? else {
+            return Ok(None);
+        };
+        for w in &plan.writes {
+            f.write_all_at(&w.sector, w.offset)
+                .and_then(|()| f.sync_all())
+                .map_err(io_err("writing the MBR/EBR of", disk))?;
+        }
+        return Ok(Some(plan.size));
     };
     let before = head.clone();
-    let name = disk.display().to_string();
     let backup = gpt_grow::relocate(&mut head, size, Some("DATA"), &name)?;
     if head == before {
         return Ok(None);
@@ -446,7 +470,7 @@ mod tests {
         assert!(c.wait().unwrap().success());
         // Same size: nothing to do, nothing written.
         let before = std::fs::read(&disk).unwrap();
-        assert_eq!(grow_gpt(&disk).unwrap(), None);
+        assert_eq!(grow_table(&disk, 3).unwrap(), None);
         assert_eq!(std::fs::read(&disk).unwrap(), before);
         // 96 MiB more: DATA ends at the last whole MiB before the backup entries.
         File::options()
@@ -455,7 +479,7 @@ mod tests {
             .unwrap()
             .set_len(128 << 20)
             .unwrap();
-        let grown = grow_gpt(&disk).unwrap().unwrap();
+        let grown = grow_table(&disk, 3).unwrap().unwrap();
         assert_eq!(grown, (128 - 13 - 1) << 20);
         let v = Command::new("sgdisk")
             .arg("-v")
@@ -464,11 +488,44 @@ mod tests {
             .unwrap();
         let text = String::from_utf8_lossy(&v.stdout);
         assert!(text.contains("No problems found"), "{text}");
-        assert_eq!(grow_gpt(&disk).unwrap(), None);
-        // An MBR (or no table) is left alone.
+        assert_eq!(grow_table(&disk, 3).unwrap(), None);
+        // No table: left alone.
         let blank = dir.path().join("blank");
         File::create(&blank).unwrap().set_len(4 << 20).unwrap();
-        assert_eq!(grow_gpt(&blank).unwrap(), None);
+        assert_eq!(grow_table(&blank, 3).unwrap(), None);
+        // An MBR: the last logical partition grows.
+        let mbr = dir.path().join("mbr");
+        File::create(&mbr).unwrap().set_len(32 << 20).unwrap();
+        let mut c = Command::new("sfdisk")
+            .arg("-q")
+            .arg(&mbr)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(b"label: dos\nsize=4MiB, type=c\ntype=f\nsize=4MiB\nsize=8MiB\n")
+            .unwrap();
+        assert!(c.wait().unwrap().success());
+        File::options()
+            .write(true)
+            .open(&mbr)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        assert_eq!(grow_table(&mbr, 5).unwrap(), None, "5 is not last");
+        let grown = grow_table(&mbr, 6).unwrap().unwrap();
+        let o = Command::new("sfdisk").arg("-V").arg(&mbr).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let o = Command::new("sfdisk").arg("-d").arg(&mbr).output().unwrap();
+        let dump = String::from_utf8_lossy(&o.stdout).replace(' ', "");
+        assert!(
+            dump.contains(&format!("mbr6:start=22528,size={},", grown / 512)),
+            "{dump}"
+        );
+        assert_eq!(22528 * 512 + grown, 64 << 20);
+        assert_eq!(grow_table(&mbr, 6).unwrap(), None);
     }
 
     #[derive(Default)]
