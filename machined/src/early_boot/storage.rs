@@ -32,7 +32,12 @@
 //! is finished on the next boot: the table step does nothing when the table already ends at
 //! the disk's end; the kernel is told when its partition size differs from the table's; the
 //! filesystem is grown when it is smaller than its partition. Limits: 512-byte logical
-//! sectors; only DATA as the last partition grows.
+//! sectors; only DATA as the last partition grows; the MBR path is unit-tested on files
+//! (sfdisk) but not yet booted on a Raspberry Pi image.
+//!
+//! Measured under QEMU TCG (qemu-arm64, `tests/tests/qemu_node_api.rs`): STATE created
+//! (8 MiB template written, mounted, grown to 64 MiB) in 0.33 s; DATA grown from 256 to
+//! 512 MiB (GPT, BLKPG, online resize) in 0.11 s; on later boots both stages take 0.05 s.
 
 use basalt_bootloader::gpt_grow::{self, GptError};
 use basalt_bootloader::mbr_grow::{self, MbrGrowError};
