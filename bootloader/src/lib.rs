@@ -15,6 +15,8 @@
 //! | [`systemd_boot`] | [`Bootloader`] over systemd-boot loader entries with boot counting in file names, on a mounted ESP or a FAT volume inside an image |
 //! | [`tryboot`] | [`Bootloader`] over the Raspberry Pi firmware's `autoboot.txt` and one-shot tryboot |
 //! | [`partition_table`] | a read-only GPT/MBR reader to find BOOT and the slots in an image or device |
+//! | [`gpt_grow`] | moving the backup GPT to the end of a larger disk and growing DATA into the space (basalt-flash `--grow-data`, machined on first boot) |
+//! | [`mbr_grow`] | the same for the last (possibly logical) partition of an MBR disk (machined on first boot) |
 //!
 //! The protocol is DESIGN.md §4. Every transition is computed first and then written in one
 //! atomic write of the backend's storage, so a power cut leaves the state before or after it.
@@ -23,6 +25,8 @@ pub mod backend;
 pub mod boot_counting;
 pub mod env;
 pub mod esp_env_store;
+pub mod gpt_grow;
+pub mod mbr_grow;
 pub mod partition_table;
 pub mod script;
 pub mod slot;

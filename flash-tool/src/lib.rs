@@ -18,7 +18,7 @@
 //! | [`blockdev`] | the [`blockdev::Target`] trait, `O_DIRECT` with fallback, aligned buffers |
 //! | [`pipeline`] | the reader thread feeding every device |
 //! | [`writer`] | per-device writes: first MiB last, bounded dirty data, backup GPT |
-//! | [`gpt`] | backup GPT relocation and DATA growth |
+//! | [`gpt`] | backup GPT relocation and DATA growth (re-exported from `basalt_bootloader::gpt_grow`, shared with machined) |
 //! | [`verify`] | read-back sha256 comparison |
 //! | [`firstboot`] | first-boot config validated and stored in STATE (`mke2fs -d`) |
 //! | [`slot`] | `write-slot` from a signed bundle and the bootloader switch |
@@ -47,7 +47,7 @@ pub mod bmap;
 pub mod device;
 pub mod firstboot;
 pub mod flash;
-pub mod gpt;
+pub use basalt_bootloader::gpt_grow as gpt;
 pub mod http;
 pub mod pipeline;
 pub mod progress;

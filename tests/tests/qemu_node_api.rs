@@ -3,15 +3,22 @@
 //! port forward with `basaltctl` (issue 6, test a).
 //!
 //! `maintenance_then_configured_then_persistent`:
-//! 1. first boot: no configuration → maintenance mode; the console shows the certificate
-//!    fingerprint, the DHCP lease and "slot A is committed";
+//! 0. before the first boot the disk file grows by [`GROW`] and STATE is zeroed (an image
+//!    written to a larger card, a blank STATE);
+//! 1. first boot: STATE is created from the root's template and DATA grown to fill the disk
+//!    (console lines); no configuration → maintenance mode; the console shows the
+//!    certificate fingerprint, the DHCP lease and "slot A is committed";
 //! 2. `basaltctl apply-config --insecure` with a wrong fingerprint is refused; with the
 //!    right one the configuration is stored and the API switches to mutual TLS;
 //! 3. with the operator's client certificate: `version` names the machine, `boot-status`
 //!    shows slot A booted and committed; the maintenance fingerprint no longer matches;
-//! 4. `basaltctl shutdown`: the node powers off (QEMU exits by itself);
+//! 4. `basaltctl shutdown`: the node powers off (QEMU exits by itself); the disk file is
+//!    checked with reference tools: `sgdisk -v` finds no problem, `sfdisk -J` shows DATA
+//!    ending at the last MiB before the backup GPT, and on read-only loop devices
+//!    `dumpe2fs -h` shows DATA's and STATE's ext4 filling their partitions and `e2fsck -fn`
+//!    finds them clean;
 //! 5. second boot of the same disk: configured from STATE straight away (no maintenance
-//!    mode), `version` over mutual TLS works.
+//!    mode, nothing created or grown again), `version` over mutual TLS works.
 //!
 //! Every QEMU is killed when its guard drops, also when an assertion fails. Needs what
 //! `qemu_early_boot` needs, plus basaltctl from the same `cargo test --workspace` build.
@@ -21,14 +28,92 @@ use basalt_tests::{
     Qemu, build_image, ctl, free_port, gen_node_config, maintenance_fingerprint, node_machined, ok,
     output_text, require_qemu_arm64,
 };
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
+
+/// How much larger than the image the disk is on its first boot.
+const GROW: u64 = 256 << 20;
 
 /// Boot to the API line, with DHCP (QEMU TCG; typically ~40 s).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn s(p: &Path) -> String {
     p.to_str().expect("UTF-8 path").to_string()
+}
+
+fn run_text(cmd: &mut Command) -> String {
+    let o = cmd
+        .output()
+        .expect("the tool runs (e2fsprogs, gdisk, fdisk)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{cmd:?}: {text}");
+    text
+}
+
+/// A read-only loop device over part of a file, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path, offset: u64, size: u64) -> Loop {
+        let dev = run_text(
+            Command::new("losetup")
+                .args(["--find", "--show", "--read-only", "-o"])
+                .arg(offset.to_string())
+                .arg("--sizelimit")
+                .arg(size.to_string())
+                .arg(file),
+        );
+        Loop(dev.trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// `(start, size)` in bytes of the partition named `name`, from `sfdisk -J`, and the
+/// table's last usable LBA.
+fn gpt_partition(disk: &Path, name: &str) -> (u64, u64, u64) {
+    let json: serde_json::Value =
+        serde_json::from_str(&run_text(Command::new("sfdisk").arg("-J").arg(disk))).unwrap();
+    let t = &json["partitiontable"];
+    let p = t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {json}"));
+    (
+        p["start"].as_u64().unwrap() * 512,
+        p["size"].as_u64().unwrap() * 512,
+        t["lastlba"].as_u64().unwrap(),
+    )
+}
+
+/// Checks that the ext4 in partition `name` fills it and is clean; returns its size.
+fn ext4_fills_partition(disk: &Path, name: &str) -> u64 {
+    let (start, size, _) = gpt_partition(disk, name);
+    let dev = Loop::attach(disk, start, size);
+    let header = run_text(Command::new("dumpe2fs").arg("-h").arg(&dev.0));
+    let field = |key: &str| -> u64 {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {header}"))
+    };
+    let fs_bytes = field("Block count:") * field("Block size:");
+    assert_eq!(fs_bytes, size, "{name}: ext4 of {fs_bytes} bytes in {size}");
+    run_text(Command::new("e2fsck").arg("-fn").arg(&dev.0));
+    fs_bytes
 }
 
 #[test]
@@ -45,7 +130,17 @@ fn maintenance_then_configured_then_persistent() {
     let port = free_port();
     let endpoint = format!("127.0.0.1:{port}");
 
-    // 1. first boot: maintenance mode
+    // 0. a larger disk with a blank STATE
+    let disk = &fx.output.disk_image;
+    let state = fx.output.plan.by_label("STATE").unwrap();
+    let data_before = fx.output.plan.by_label("DATA").unwrap().request.size;
+    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.write_all_at(&vec![0u8; state.request.size as usize], state.start)
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len() + GROW).unwrap();
+    drop(f);
+
+    // 1. first boot: STATE created, DATA grown, maintenance mode
     let mut qemu = Qemu::boot_arm64(
         &fx.output.disk_image,
         &fx.dir.join("first-boot.console.log"),
@@ -54,6 +149,15 @@ fn maintenance_then_configured_then_persistent() {
     qemu.expect("API listening on", BOOT_TIMEOUT);
     qemu.expect("network up: eth0 10.0.2.15/24", Duration::from_secs(60));
     let console = qemu.console();
+    for line in [
+        "is blank: writing the empty ext4 from /system/lib/basalt/state.ext4",
+        "STATE created: ext4 on vda4, grown online to 64.0 MiB",
+        "GPT of vda moved to the disk's end",
+        "(BLKPG)",
+        "DATA grown: ext4 on vda5 from 256.0 MiB to",
+    ] {
+        assert!(console.contains(line), "{line}: {console}");
+    }
     assert!(console.contains("maintenance mode"), "{console}");
     let fingerprint = maintenance_fingerprint(&console);
     assert_eq!(fingerprint.len(), 64, "{fingerprint}");
@@ -139,6 +243,25 @@ fn maintenance_then_configured_then_persistent() {
     );
     qemu.expect_exit(Duration::from_secs(60));
     drop(qemu);
+    let sgdisk = run_text(Command::new("sgdisk").arg("-v").arg(disk));
+    assert!(sgdisk.contains("No problems found"), "{sgdisk}");
+    let (start, size, last_lba) = gpt_partition(disk, "DATA");
+    let disk_len = std::fs::metadata(disk).unwrap().len();
+    assert_eq!(
+        last_lba,
+        disk_len / 512 - 34,
+        "backup GPT at the disk's end"
+    );
+    assert_eq!(
+        start + size,
+        (last_lba + 1) / 2048 * 2048 * 512,
+        "DATA to the last MiB"
+    );
+    assert!(size >= data_before + GROW - (1 << 20), "DATA {size} bytes");
+    let data_fs = ext4_fills_partition(disk, "DATA");
+    let state_fs = ext4_fills_partition(disk, "STATE");
+    assert_eq!(state_fs, state.request.size);
+    eprintln!("DATA ext4 {data_fs} bytes (image: {data_before}), STATE ext4 {state_fs} bytes");
 
     // 5. the configuration survived on STATE
     let mut qemu = Qemu::boot_arm64(
@@ -151,6 +274,12 @@ fn maintenance_then_configured_then_persistent() {
     let console = qemu.console();
     assert!(console.contains("(mutual TLS)"), "{console}");
     assert!(!console.contains("maintenance mode"), "{console}");
+    for again in ["STATE created", "GPT of vda", "BLKPG", "DATA grown"] {
+        assert!(
+            !console.contains(again),
+            "{again} on the second boot: {console}"
+        );
+    }
     let version = ok(ctl(Some(&client), &["version"]));
     assert!(version.contains("machine qemu-node-1"), "{version}");
 }

@@ -4,7 +4,7 @@
 //! 1. inputs: kernel, modules and DTBs, BOOT files (firmware, U-Boot) from the pinned
 //!    Debian packages ([`crate::inputs`]);
 //! 2. initramfs: `machined` as `/init` plus the board's early modules ([`crate::initramfs`]);
-//! 3. root filesystem: squashfs with the remaining modules and the Linux firmware, with a
+//! 3. root filesystem: squashfs with the remaining modules, the Linux firmware and the empty STATE template ([`STATE_TEMPLATE`]), with a
 //!    dm-verity hash tree appended ([`crate::squashfs`], [`crate::verity`]);
 //! 4. system slot: a FAT partition image with the kernel, DTBs, initramfs, `rootfs.img`
 //!    (squashfs + hash tree) and `basalt/slot.env` (the verity root hash, read by the boot
@@ -63,6 +63,13 @@ pub const SLOT_INITRD: &str = "initrd.img";
 pub use basalt_bootloader::systemd_boot::slot_boot::SLOT_CMDLINE;
 /// The root filesystem (squashfs + dm-verity hash tree) inside a slot.
 pub const SLOT_ROOTFS: &str = "rootfs.img";
+/// The empty ext4 (label STATE, [`STATE_TEMPLATE_SIZE`] bytes, made by `mke2fs` like the
+/// disk's STATE) in the root filesystem, from which machined recreates a blank STATE and
+/// then grows it online to the partition's size.
+pub const STATE_TEMPLATE: &str = "lib/basalt/state.ext4";
+/// Size of [`STATE_TEMPLATE`]: small (its zeroes compress to nothing in the squashfs), with
+/// room for the journal mke2fs gives it.
+pub const STATE_TEMPLATE_SIZE: u64 = 8 << 20;
 
 /// Failure of a build step. Each variant names the step; the source names the object.
 #[derive(Debug, thiserror::Error)]
@@ -341,6 +348,18 @@ fn compose(
         tree.add_file_from(&format!("lib/firmware/{}", f.dest), 0o644, &f.source)
             .map_err(step("add firmware to the root filesystem"))?;
     }
+    let state_template = work.join("state-template.ext4");
+    let uuid = ext4::guid_text(&disk::derived_guid(&seed, "STATE fs"));
+    ext4::make_ext4(
+        &state_template,
+        STATE_TEMPLATE_SIZE,
+        "STATE",
+        &uuid,
+        req.epoch,
+    )
+    .map_err(step("create the STATE template"))?;
+    tree.add_file_from(STATE_TEMPLATE, 0o644, &state_template)
+        .map_err(step("add the STATE template to the root filesystem"))?;
     let rootfs = work.join(SLOT_ROOTFS);
     let options = SquashfsOptions {
         compression: SquashfsCompression::Zstd,

@@ -14,8 +14,8 @@
 //! | `verity` | `rootfs.img` as a block device, then `basalt-root`: dm-verity with the command line's root hash ([`verity`], [`dm`]) |
 //! | `verify` | one full read of `basalt-root`: every block checked once |
 //! | `root` | `basalt-root` (squashfs) read-only at `/system` |
-//! | `state` | STATE (ext4) read-write at `/var/lib/basalt` |
-//! | `data` | DATA (ext4) read-write at `/var/lib/basalt-data` |
+//! | `state` | STATE (ext4) read-write at `/var/lib/basalt`; created from the root's template when blank, grown to its partition ([`storage`]) |
+//! | `data` | the GPT grown to the disk's end with DATA extended, then DATA (ext4) read-write at `/var/lib/basalt-data`, grown online ([`storage`]) |
 //! | `boot` | BOOT (vfat) read-write at `/boot` (machined updates `uboot.env` there) |
 //!
 //! and `[basalt] booted slot A, verity root <hash>, version <version>`. The command line is
@@ -42,7 +42,7 @@
 //!
 //! **Failures.** Any other failure prints `[basalt] FATAL: <error chain>`, syncs and
 //! reboots (`RB_AUTOBOOT`) after 5 s: PID 1 never exits, and a reset lets the bootloader
-//! count the attempt. The side effects sit behind [`mounts::Mounter`],
+//! count the attempt. The side effects sit behind [`mounts::Mounter`], [`storage::StorageOps`],
 //! [`modules::ModuleLoader`] and [`block::BlockDevices`]; the parsing is pure and unit
 //! tested, the whole sequence is tested by booting the real image under QEMU
 //! (`tests/tests/qemu_early_boot.rs`).
@@ -55,6 +55,7 @@ pub mod extents;
 pub mod loopdev;
 pub mod modules;
 pub mod mounts;
+pub mod storage;
 mod sys;
 pub mod verity;
 
@@ -449,51 +450,26 @@ pub fn run(console: &Console, host: &Host<'_>) -> anyhow::Result<EarlyBoot> {
     let state_dir = PathBuf::from(STATE_MOUNT);
     let data_dir = PathBuf::from(DATA_MOUNT);
     let boot_mount = PathBuf::from(BOOT_MOUNT);
-    let rw_mounts = [
-        (
-            "state",
-            &p.state,
-            &state_dir,
-            "ext4",
-            Flags::DATA_ONLY,
-            None,
-        ),
-        (
-            "data",
-            &p.data,
-            &data_dir,
-            "ext4",
-            Flags {
-                nosuid: true,
-                nodev: true,
-                ..Flags::default()
-            },
-            None,
-        ),
-        (
-            "boot",
-            &p.boot,
-            &boot_mount,
-            "vfat",
-            Flags::DATA_ONLY,
-            Some("flush"),
-        ),
-    ];
-    for (name, dev, target, fstype, flags, data) in rw_mounts {
-        stage(console, name, || {
-            mounts::mount(
-                host.mounter,
-                &MountSpec::new(
-                    dev.node().display().to_string(),
-                    target,
-                    fstype,
-                    flags,
-                    data,
-                ),
-            )?;
-            Ok(())
-        })?;
-    }
+    let storage_ops = storage::LinuxStorage;
+    stage(console, "state", || {
+        prepare_state(console, &storage_ops, p, &system_dir, &state_dir, host)
+    })?;
+    stage(console, "data", || {
+        prepare_data(console, &storage_ops, p, &data_dir, host)
+    })?;
+    stage(console, "boot", || {
+        mounts::mount(
+            host.mounter,
+            &MountSpec::new(
+                p.boot.node().display().to_string(),
+                &boot_mount,
+                "vfat",
+                Flags::DATA_ONLY,
+                Some("flush"),
+            ),
+        )?;
+        Ok(())
+    })?;
 
     let boot = EarlyBoot {
         slot: params.slot,
@@ -512,6 +488,144 @@ pub fn run(console: &Console, host: &Host<'_>) -> anyhow::Result<EarlyBoot> {
     };
     console.info(&boot.summary());
     Ok(boot)
+}
+
+/// The `state` stage: STATE created from the root's template when blank (never formatted
+/// otherwise, see [`storage`]), mounted at `state_dir`, grown to its partition.
+fn prepare_state(
+    console: &Console,
+    ops: &dyn storage::StorageOps,
+    p: &Partitions,
+    system_dir: &Path,
+    state_dir: &Path,
+    host: &Host<'_>,
+) -> anyhow::Result<()> {
+    let node = p.state.node();
+    let created = match storage::probe_device(&node)? {
+        storage::Content::Blank => {
+            let template = system_dir.join(basalt_image::compose::STATE_TEMPLATE);
+            console.info(&format!(
+                "STATE {} is blank: writing the empty ext4 from {}",
+                p.state.name,
+                template.display()
+            ));
+            storage::create_from_template(&node, &template)?;
+            true
+        }
+        storage::Content::Ext4(_) => false,
+        storage::Content::Unknown => {
+            return Err(storage::StorageError::NotBlank { path: node }.into());
+        }
+    };
+    mounts::mount(
+        host.mounter,
+        &MountSpec::new(
+            node.display().to_string(),
+            state_dir,
+            "ext4",
+            Flags::DATA_ONLY,
+            None,
+        ),
+    )?;
+    let grown = storage::grow_mounted_ext4(ops, &node, state_dir)?;
+    let size = storage::device_size(&node)?;
+    if created {
+        console.info(&format!(
+            "STATE created: ext4 on {}, grown online to {}",
+            p.state.name,
+            storage::mib(grown.map_or(size, |(_, after)| after))
+        ));
+    } else if let Some((before, after)) = grown {
+        console.info(&format!(
+            "STATE ext4 grown online from {} to {}",
+            storage::mib(before),
+            storage::mib(after)
+        ));
+    }
+    Ok(())
+}
+
+/// The `data` stage: the GPT grown to the disk's end with DATA extended, the kernel told,
+/// DATA mounted at `data_dir` and its ext4 grown online. A failed grow is reported and the
+/// boot goes on with DATA as it is.
+fn prepare_data(
+    console: &Console,
+    ops: &dyn storage::StorageOps,
+    p: &Partitions,
+    data_dir: &Path,
+    host: &Host<'_>,
+) -> anyhow::Result<()> {
+    let node = p.data.node();
+    if let Err(e) = grow_data_partition(console, ops, p) {
+        console.info(&format!("DATA partition not grown: {e:#}"));
+    }
+    mounts::mount(
+        host.mounter,
+        &MountSpec::new(
+            node.display().to_string(),
+            data_dir,
+            "ext4",
+            Flags {
+                nosuid: true,
+                nodev: true,
+                ..Flags::default()
+            },
+            None,
+        ),
+    )?;
+    match storage::grow_mounted_ext4(ops, &node, data_dir) {
+        Ok(Some((before, after))) => console.info(&format!(
+            "DATA grown: ext4 on {} from {} to {}",
+            p.data.name,
+            storage::mib(before),
+            storage::mib(after)
+        )),
+        Ok(None) => {}
+        Err(e) => console.info(&format!("DATA filesystem not grown: {e:#}")),
+    }
+    Ok(())
+}
+
+/// The table part of growing DATA: rewrite the GPT if the disk has room, then tell the
+/// kernel when its idea of DATA's size differs from the table's.
+fn grow_data_partition(
+    console: &Console,
+    ops: &dyn storage::StorageOps,
+    p: &Partitions,
+) -> anyhow::Result<()> {
+    let disk = Path::new("/dev").join(&p.disk);
+    let number = p.data.partn.unwrap_or(0);
+    if let Some(size) = storage::grow_table(&disk, number)? {
+        console.info(&format!(
+            "{} of {} {} the disk's end; DATA partition {} in the table",
+            if p.by_name { "GPT" } else { "MBR" },
+            p.disk,
+            if p.by_name { "moved to" } else { "grown to" },
+            storage::mib(size)
+        ));
+    }
+    let mut f =
+        std::fs::File::open(&disk).with_context(|| format!("opening {}", disk.display()))?;
+    let table = basalt_bootloader::partition_table::PartitionTable::read(&mut f, &p.disk)?;
+    let entry = if p.by_name {
+        table.by_label("DATA")
+    } else {
+        table.by_number(number)
+    };
+    let Some(entry) = entry else {
+        return Ok(());
+    };
+    if entry.size != p.data.sectors * 512 {
+        ops.resize_partition(&disk, entry.number, entry.start, entry.size)
+            .with_context(|| format!("BLKPG_RESIZE_PARTITION of {}", p.data.name))?;
+        console.info(&format!(
+            "DATA partition {} resized from {} to {} (BLKPG)",
+            p.data.name,
+            storage::mib(p.data.sectors * 512),
+            storage::mib(entry.size)
+        ));
+    }
+    Ok(())
 }
 
 /// PID 1's entry: runs early boot on the real system and returns what it set up; on any
