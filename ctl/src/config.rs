@@ -113,6 +113,27 @@ pub struct TokenKeyEntry {
     pub audience: Option<String>,
 }
 
+impl std::str::FromStr for TokenKeyEntry {
+    type Err = String;
+
+    /// `ID=BASE64` or `ID=BASE64@AUDIENCE` (the `--token-key` argument).
+    fn from_str(kv: &str) -> Result<Self, String> {
+        let (id, key) = kv
+            .split_once('=')
+            .filter(|(id, key)| !id.is_empty() && !key.is_empty())
+            .ok_or_else(|| format!("--token-key {kv:?}: expected ID=BASE64[@AUDIENCE]"))?;
+        let (key, audience) = match key.split_once('@') {
+            Some((key, aud)) => (key, Some(aud.to_string())),
+            None => (key, None),
+        };
+        Ok(TokenKeyEntry {
+            id: id.to_string(),
+            public_key: key.to_string(),
+            audience,
+        })
+    }
+}
+
 /// What goes into a machine configuration.
 #[derive(Debug, Clone)]
 pub struct MachineConfigInput {
@@ -182,6 +203,22 @@ pub fn render_machine_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_key_arguments() {
+        let k: TokenKeyEntry = "ci=QUJD@lab".parse().unwrap();
+        assert_eq!((k.id.as_str(), k.public_key.as_str()), ("ci", "QUJD"));
+        assert_eq!(k.audience.as_deref(), Some("lab"));
+        assert_eq!("ci=QUJD".parse::<TokenKeyEntry>().unwrap().audience, None);
+        for bad in ["ci", "=QUJD", "ci="] {
+            assert!(
+                bad.parse::<TokenKeyEntry>()
+                    .unwrap_err()
+                    .contains("ID=BASE64"),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn client_config_round_trips_and_names_missing_contexts() {

@@ -703,21 +703,7 @@ fn generate(g: &Gen) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| anyhow!("no client certificate for role {role:?}"))?;
             let token_keys = token_keys
                 .iter()
-                .map(|kv| {
-                    kv.split_once('=')
-                        .map(|(id, key)| {
-                            let (key, audience) = match key.split_once('@') {
-                                Some((key, aud)) => (key, Some(aud.to_string())),
-                                None => (key, None),
-                            };
-                            TokenKeyEntry {
-                                id: id.to_string(),
-                                public_key: key.to_string(),
-                                audience,
-                            }
-                        })
-                        .ok_or_else(|| anyhow!("--token-key {kv:?}: expected ID=BASE64[@AUDIENCE]"))
-                })
+                .map(|kv| kv.parse::<TokenKeyEntry>().map_err(|e| anyhow!(e)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let patches = config_patches
                 .iter()
