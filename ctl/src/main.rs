@@ -101,6 +101,8 @@ enum Command {
     },
     /// Show CPU, memory, load, disk and network statistics of each node.
     Stats,
+    /// List the processes of each node (pid, parent, resident memory, CPU, command).
+    Processes,
     /// Show the A/B boot state of each node.
     BootStatus,
     /// Install a signed update bundle into the inactive slot: pushed from a file (resumed
@@ -467,6 +469,7 @@ fn unary_op(cli: &Cli) -> anyhow::Result<Op> {
         Command::Shutdown { force } => Op::Shutdown { force: *force },
         Command::Rollback { reboot } => Op::Rollback { reboot: *reboot },
         Command::Stats => Op::Stats,
+        Command::Processes => Op::Processes,
         Command::BootStatus => Op::BootStatus,
         Command::Upgrade(u) => Op::Upgrade {
             bundle: u.bundle.clone(),

@@ -90,6 +90,8 @@ pub enum Op {
     },
     /// MachineService.Stats.
     Stats,
+    /// MachineService.Processes.
+    Processes,
     /// MachineService.BootStatus.
     BootStatus,
     /// MachineService.Upgrade (bundle) or UpgradeFromUrl (url).
@@ -359,6 +361,15 @@ impl Op {
                     .into_inner();
                 Ok(render_stats(&s))
             }
+            Op::Processes => {
+                let r = c
+                    .machine
+                    .processes(pb::ProcessesRequest {})
+                    .await
+                    .map_err(|s| status_err("Processes", s))?
+                    .into_inner();
+                Ok(render_processes(&r.processes))
+            }
             Op::BootStatus => {
                 let b = c
                     .machine
@@ -463,6 +474,38 @@ impl Op {
 }
 
 const MIB: u64 = 1024 * 1024;
+
+fn render_processes(list: &[pb::ProcessInfo]) -> Rendered {
+    let mut text = format!(
+        "{:>7} {:>7} {:>10} {:>6} {:<8} COMMAND",
+        "PID", "PPID", "RSS KiB", "CPU%", "STATE"
+    );
+    let mut rows = Vec::new();
+    for p in list {
+        let command = if p.command.is_empty() {
+            format!("[{}]", p.name)
+        } else {
+            p.command.join(" ")
+        };
+        text.push_str(&format!(
+            "\n{:>7} {:>7} {:>10} {:>6.1} {:<8} {command}",
+            p.pid,
+            p.parent_pid,
+            p.resident_bytes / 1024,
+            p.cpu_percent,
+            p.state
+        ));
+        rows.push(
+            json!({"pid": p.pid, "parent_pid": p.parent_pid, "name": p.name,
+            "command": p.command, "state": p.state, "cpu_percent": p.cpu_percent,
+            "resident_bytes": p.resident_bytes, "virtual_bytes": p.virtual_bytes}),
+        );
+    }
+    Rendered {
+        text,
+        json: json!({"processes": rows}),
+    }
+}
 
 fn render_stats(s: &pb::StatsResponse) -> Rendered {
     let cpu = s.cpu.clone().unwrap_or_default();

@@ -235,6 +235,9 @@ fn bootstrap_a_node_and_operate_it() {
         stats.contains("memory:") && stats.contains("cpu:"),
         "{stats}"
     );
+    let procs = ok(ctl(cfgp, &["processes"]));
+    assert!(procs.starts_with("    PID    PPID    RSS KiB"), "{procs}");
+    assert!(procs.contains("machined"), "{procs}");
     let boot = ok(ctl(cfgp, &["boot-status"]));
     assert!(boot.starts_with("booted A next A"), "{boot}");
     let health = ok(ctl(cfgp, &["health"]));
