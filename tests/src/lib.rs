@@ -526,6 +526,24 @@ pub fn maintenance_fingerprint(console: &str) -> String {
         .to_string()
 }
 
+/// `basaltctl -n ENDPOINT apply-config --insecure --fingerprint FP -f MACHINE_YAML`: a
+/// configuration applied to a node in maintenance mode, its certificate pinned.
+pub fn apply_config_insecure(endpoint: &str, fingerprint: &str, machine_yaml: &str) -> Output {
+    ctl(
+        None,
+        &[
+            "-n",
+            endpoint,
+            "apply-config",
+            "--insecure",
+            "--fingerprint",
+            fingerprint,
+            "-f",
+            machine_yaml,
+        ],
+    )
+}
+
 /// Files of a node's generated configuration.
 pub struct NodeConfig {
     /// The machine configuration to apply.

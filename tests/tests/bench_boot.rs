@@ -15,8 +15,8 @@
 use basalt_boards::Board;
 use basalt_image::bundle::{generate_signing_key, verifying_key_base64};
 use basalt_tests::{
-    Fixture, Qemu, UefiFirmware, build_image, ctl, free_port, gen_node_config,
-    maintenance_fingerprint, node_machined_for, ok,
+    Fixture, Qemu, UefiFirmware, apply_config_insecure, build_image, ctl, free_port,
+    gen_node_config, maintenance_fingerprint, node_machined_for, ok,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -57,18 +57,10 @@ fn configure(dir: &Path, qemu: &Qemu, endpoint: &str, key: &Path) -> PathBuf {
         verifying_key_base64(&signing.verifying_key())
     ));
     std::fs::write(&cfg.machine_yaml, config).unwrap();
-    ok(ctl(
-        None,
-        &[
-            "-n",
-            endpoint,
-            "apply-config",
-            "--insecure",
-            "--fingerprint",
-            &fingerprint,
-            "-f",
-            &s(&cfg.machine_yaml),
-        ],
+    ok(apply_config_insecure(
+        endpoint,
+        &fingerprint,
+        &s(&cfg.machine_yaml),
     ));
     cfg.client_yaml
 }

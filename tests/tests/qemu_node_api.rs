@@ -25,8 +25,8 @@
 
 use basalt_boards::Board;
 use basalt_tests::{
-    Qemu, build_image, ctl, free_port, gen_node_config, maintenance_fingerprint, node_machined, ok,
-    output_text, require_qemu_arm64,
+    Qemu, apply_config_insecure, build_image, ctl, free_port, gen_node_config,
+    maintenance_fingerprint, node_machined, ok, output_text, require_qemu_arm64,
 };
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -176,36 +176,16 @@ fn maintenance_then_configured_then_persistent() {
         &fingerprint[..63],
         if fingerprint.ends_with('0') { "1" } else { "0" }
     );
-    let o = ctl(
-        None,
-        &[
-            "-n",
-            &endpoint,
-            "apply-config",
-            "--insecure",
-            "--fingerprint",
-            &wrong,
-            "-f",
-            &machine_yaml,
-        ],
-    );
+    let o = apply_config_insecure(&endpoint, &wrong, &machine_yaml);
     assert!(
         !o.status.success() && output_text(&o).contains("fingerprint"),
         "{}",
         output_text(&o)
     );
-    let applied = ok(ctl(
-        None,
-        &[
-            "-n",
-            &endpoint,
-            "apply-config",
-            "--insecure",
-            "--fingerprint",
-            &fingerprint,
-            "-f",
-            &machine_yaml,
-        ],
+    let applied = ok(apply_config_insecure(
+        &endpoint,
+        &fingerprint,
+        &machine_yaml,
     ));
     assert!(applied.contains("mutual TLS"), "{applied}");
 
@@ -216,19 +196,7 @@ fn maintenance_then_configured_then_persistent() {
     assert!(boot.starts_with("booted A next A"), "{boot}");
     assert!(boot.contains("committed true"), "{boot}");
     // maintenance is over: the node now presents its configured certificate
-    let o = ctl(
-        None,
-        &[
-            "-n",
-            &endpoint,
-            "apply-config",
-            "--insecure",
-            "--fingerprint",
-            &fingerprint,
-            "-f",
-            &machine_yaml,
-        ],
-    );
+    let o = apply_config_insecure(&endpoint, &fingerprint, &machine_yaml);
     assert!(
         !o.status.success(),
         "maintenance must be over: {}",

@@ -19,8 +19,8 @@
 use basalt_boards::Board;
 use basalt_image::bundle::{generate_signing_key, verifying_key_base64};
 use basalt_tests::{
-    Ending, Fixture, Qemu, UefiFirmware, build_image, ctl, free_port, gen_node_config,
-    maintenance_fingerprint, node_machined_for, ok,
+    Ending, Fixture, Qemu, UefiFirmware, apply_config_insecure, build_image, ctl, free_port,
+    gen_node_config, maintenance_fingerprint, node_machined_for, ok,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -104,35 +104,15 @@ fn configure(node: &Node, qemu: &Qemu, machine_id: &str, update_doc: &str) -> Pa
     let mut config = std::fs::read_to_string(&cfg.machine_yaml).unwrap();
     config.push_str(update_doc);
     std::fs::write(&cfg.machine_yaml, config).unwrap();
-    ok(ctl(
-        None,
-        &[
-            "-n",
-            &endpoint,
-            "apply-config",
-            "--insecure",
-            "--fingerprint",
-            &fingerprint,
-            "-f",
-            &s(&cfg.machine_yaml),
-        ],
+    ok(apply_config_insecure(
+        &endpoint,
+        &fingerprint,
+        &s(&cfg.machine_yaml),
     ));
     let version = ok(ctl(Some(&cfg.client_yaml), &["version"]));
     assert!(version.contains(machine_id), "{version}");
     // mTLS required from now on: a second insecure apply-config is refused
-    let o = ctl(
-        None,
-        &[
-            "-n",
-            &endpoint,
-            "apply-config",
-            "--insecure",
-            "--fingerprint",
-            &fingerprint,
-            "-f",
-            &s(&cfg.machine_yaml),
-        ],
-    );
+    let o = apply_config_insecure(&endpoint, &fingerprint, &s(&cfg.machine_yaml));
     assert!(
         !o.status.success(),
         "insecure apply-config accepted after configure"

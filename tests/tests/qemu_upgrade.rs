@@ -12,8 +12,8 @@
 use basalt_boards::Board;
 use basalt_image::bundle::{generate_signing_key, verifying_key_base64};
 use basalt_tests::{
-    Fixture, Qemu, build_image, ctl, free_port, gen_node_config, maintenance_fingerprint,
-    node_machined, ok, output_text,
+    Fixture, Qemu, apply_config_insecure, build_image, ctl, free_port, gen_node_config,
+    maintenance_fingerprint, node_machined, ok, output_text,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -97,18 +97,10 @@ fn upgrade_a_to_b_commit_then_back_to_a_and_rollback() {
         verifying_key_base64(&key.verifying_key())
     ));
     std::fs::write(&machine_yaml, config).unwrap();
-    ok(ctl(
-        None,
-        &[
-            "-n",
-            &endpoint,
-            "apply-config",
-            "--insecure",
-            "--fingerprint",
-            &fingerprint,
-            "-f",
-            &s(&machine_yaml),
-        ],
+    ok(apply_config_insecure(
+        &endpoint,
+        &fingerprint,
+        &s(&machine_yaml),
     ));
     let client = node_config.client_yaml;
     let status = boot_status(&client);
