@@ -74,9 +74,16 @@ proptest! {
         let copy = with_valid_crc(&layout, &data, flags);
         if let Ok(image) = parse(&layout, &copy) {
             prop_assert_eq!(image.flags, layout.redundant.then_some(flags));
-            // Whatever was read can be written back and reads the same.
-            let again = serialize(&layout, &image.vars, flags).unwrap();
-            prop_assert_eq!(parse(&layout, &again).unwrap(), image);
+            // Whatever was read can be written back and reads the same, except a data
+            // area filled to its last byte without the closing empty entry: U-Boot (and
+            // `parse`) read that, but writing it needs one byte more, as mkenvimage does.
+            match serialize(&layout, &image.vars, flags) {
+                Ok(again) => prop_assert_eq!(parse(&layout, &again).unwrap(), image),
+                Err(FormatError::TooLarge { needed, capacity, .. }) => {
+                    prop_assert_eq!(needed, capacity + 1);
+                }
+                Err(e) => prop_assert!(false, "serialize: {e}"),
+            }
         }
     }
 
