@@ -455,24 +455,28 @@ mod tests {
         assert!(e.to_string().contains("do not fit"), "{e}");
     }
 
+    /// Partitions `disk` with the sfdisk `script` (the reference tool).
+    fn sfdisk(disk: &std::path::Path, script: &[u8]) {
+        use std::io::Write;
+        let mut c = Command::new("sfdisk")
+            .arg("-q")
+            .arg(disk)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(script).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+
     #[test]
     fn gpt_grows_once_and_stays_valid() {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("disk");
         File::create(&disk).unwrap().set_len(32 << 20).unwrap();
-        let mut c = Command::new("sfdisk")
-            .arg("-q")
-            .arg(&disk)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(b"label: gpt\nsize=4MiB, name=BOOT\nsize=8MiB, name=STATE\nname=DATA\n")
-            .unwrap();
-        assert!(c.wait().unwrap().success());
+        sfdisk(
+            &disk,
+            b"label: gpt\nsize=4MiB, name=BOOT\nsize=8MiB, name=STATE\nname=DATA\n",
+        );
         // Same size: nothing to do, nothing written.
         let before = std::fs::read(&disk).unwrap();
         assert_eq!(grow_table(&disk, 3).unwrap(), None);
@@ -501,18 +505,10 @@ mod tests {
         // An MBR: the last logical partition grows.
         let mbr = dir.path().join("mbr");
         File::create(&mbr).unwrap().set_len(32 << 20).unwrap();
-        let mut c = Command::new("sfdisk")
-            .arg("-q")
-            .arg(&mbr)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(b"label: dos\nsize=4MiB, type=c\ntype=f\nsize=4MiB\nsize=8MiB\n")
-            .unwrap();
-        assert!(c.wait().unwrap().success());
+        sfdisk(
+            &mbr,
+            b"label: dos\nsize=4MiB, type=c\ntype=f\nsize=4MiB\nsize=8MiB\n",
+        );
         File::options()
             .write(true)
             .open(&mbr)
