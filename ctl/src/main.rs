@@ -12,6 +12,7 @@ mod health;
 mod render;
 mod resources_cmd;
 mod services_cmd;
+mod upgrade_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use basaltctl::config::{ClientConfig, Context, MachineConfigInput, TokenKeyEntry};
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use upgrade_cmd::UpgradeArgs;
 
 /// The Basalt operator CLI.
 #[derive(Debug, Parser)]
@@ -180,29 +182,6 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
-}
-
-#[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["bundle", "url"])))]
-struct UpgradeArgs {
-    /// The bundle file to send.
-    #[arg(long)]
-    bundle: Option<PathBuf>,
-    /// An http(s) URL the node fetches the bundle from (with Range resume).
-    #[arg(long)]
-    url: Option<String>,
-    /// Do not reboot: the new slot boots at the next reboot.
-    #[arg(long)]
-    stage: bool,
-    /// Install a bundle not newer than the booted version.
-    #[arg(long)]
-    allow_downgrade: bool,
-    /// Boot tries of the new slot (1-9); default: the node's UpdateConfig (3).
-    #[arg(long)]
-    tries: Option<u32>,
-    /// Attempts to push the bundle when the stream drops (each resumes where the node is).
-    #[arg(long, default_value_t = 5)]
-    attempts: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -471,16 +450,7 @@ fn unary_op(cli: &Cli) -> anyhow::Result<Op> {
         Command::Stats => Op::Stats,
         Command::Processes => Op::Processes,
         Command::BootStatus => Op::BootStatus,
-        Command::Upgrade(u) => Op::Upgrade {
-            bundle: u.bundle.clone(),
-            url: u.url.clone(),
-            options: basalt_proto::machine::v1::UpgradeOptions {
-                allow_downgrade: u.allow_downgrade,
-                stage: u.stage,
-                tries: u.tries.unwrap_or(0),
-            },
-            attempts: u.attempts.max(1),
-        },
+        Command::Upgrade(u) => u.op(),
         Command::Services => Op::Services,
         Command::Health => Op::Health,
         Command::Service { name, action } => Op::Service {

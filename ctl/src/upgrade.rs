@@ -4,14 +4,19 @@
 //! Push: the bundle's header length is read from its prelude (bytes 12–15) and its identity
 //! is the sha256 of the header, exactly as the node computes it. Before each attempt the
 //! client asks `UpgradeStatus`; when the node recorded progress for the same identity, the
-//! client sends the header and then continues at the node's resume offset, else it sends
-//! the whole bundle. Data goes in messages of 1 MiB. A dropped stream (network error,
+//! client sends the header and then continues at the node's resume offset. Then it sends the
+//! header to `UpgradePlan`: the node checks it (trust, board, version: a refusal comes
+//! before any payload is sent) and lists the byte ranges its booted slot does not hold;
+//! only those are sent, and the node copies the other chunks from its booted slot
+//! (`reuse_booted_slot`). A node without `UpgradePlan` gets the whole payload; so does
+//! every node with `--send-all`. Data goes in messages of 1 MiB. A dropped stream (network error,
 //! node busy finishing the cut attempt) is retried with exponential backoff.
 //!
 //! The client does not verify the bundle: the node does, against the keys it trusts.
 
 use basalt_proto::machine::v1 as pb;
 use basalt_proto::machine::v1::machine_service_client::MachineServiceClient;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,18 +160,30 @@ pub fn bundle_identity(path: &Path) -> Result<(u64, String, u64), UpgradeCtlErro
     Ok((header_len, identity, len))
 }
 
-/// Sends `[0, header_len)` then `[start, len)` of the file as `UpgradeData` messages after
-/// the options.
+/// Bytes `range` of the file at `path`.
+fn read_range(path: &Path, range: Range<u64>) -> Result<Vec<u8>, UpgradeCtlError> {
+    use std::io::{Read, Seek};
+    let io = |source| UpgradeCtlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    f.seek(std::io::SeekFrom::Start(range.start)).map_err(io)?;
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    f.read_exact(&mut buf).map_err(io)?;
+    Ok(buf)
+}
+
+/// Sends the byte `ranges` of the file (the header first) as `UpgradeData` messages after
+/// the options; `sent` counts the bytes handed to the stream.
 async fn send_bundle(
     path: PathBuf,
     options: pb::UpgradeOptions,
-    header_len: u64,
-    start: u64,
+    ranges: Vec<Range<u64>>,
     tx: tokio::sync::mpsc::Sender<pb::UpgradeChunk>,
     sent: Arc<AtomicU64>,
 ) -> Result<(), std::io::Error> {
     let mut f = tokio::fs::File::open(&path).await?;
-    let len = f.metadata().await?.len();
     let msg = |m| pb::UpgradeChunk { message: Some(m) };
     if tx
         .send(msg(pb::upgrade_chunk::Message::Options(options)))
@@ -175,12 +192,11 @@ async fn send_bundle(
     {
         return Ok(());
     }
-    let ranges = if start > header_len {
-        vec![(0, header_len), (start, len)]
-    } else {
-        vec![(0, len)]
-    };
-    for (from, to) in ranges {
+    for Range {
+        start: from,
+        end: to,
+    } in ranges
+    {
         f.seek(std::io::SeekFrom::Start(from)).await?;
         let mut off = from;
         while off < to {
@@ -196,7 +212,7 @@ async fn send_bundle(
                 return Ok(());
             }
             off += n as u64;
-            sent.store(off, Ordering::Relaxed);
+            sent.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
     Ok(())
@@ -251,26 +267,63 @@ async fn push_once(
         .await
         .map_err(|s| UpgradeCtlError::rpc("UpgradeStatus", s))?
         .into_inner();
-    let start = if status.has_progress && status.bundle_sha256 == identity {
+    let resuming = status.has_progress && status.bundle_sha256 == identity;
+    // Payload from here on: the node's resume offset, or the end of the header.
+    let from = if resuming {
         status.resume_offset.clamp(header_len, len)
     } else {
-        0
+        header_len
     };
-    if start > header_len {
+    if from > header_len {
         progress(format!(
-            "resuming at offset {start} of {len} ({} MiB already on the node)",
-            (start - header_len) >> 20
+            "resuming at offset {from} of {len} ({} MiB already on the node)",
+            (from - header_len) >> 20
         ));
-    } else {
-        progress(format!("sending {len} bytes"));
     }
+    let mut options = options;
+    // The header first, in every attempt.
+    let mut ranges = Vec::with_capacity(8);
+    ranges.push(0..header_len);
+    if options.reuse_booted_slot {
+        let header = read_range(path, 0..header_len)?;
+        let plan = client
+            .upgrade_plan(pb::UpgradePlanRequest {
+                header,
+                options: Some(options),
+            })
+            .await;
+        match plan {
+            Ok(plan) => {
+                let plan = plan.into_inner();
+                ranges.extend(
+                    plan.send
+                        .iter()
+                        .filter(|r| r.end > from)
+                        .map(|r| r.start.max(from)..r.end),
+                );
+                progress(format!(
+                    "the node's booted slot holds {} of the {} chunks; they are copied there",
+                    plan.reuse_chunks, plan.chunk_count
+                ));
+            }
+            Err(s) if s.code() == Code::Unimplemented => {
+                progress("the node has no UpgradePlan (older machined): sending everything".into());
+                options.reuse_booted_slot = false;
+                ranges.push(from..len);
+            }
+            Err(s) => return Err(UpgradeCtlError::rpc("UpgradePlan", s)),
+        }
+    } else {
+        ranges.push(from..len);
+    }
+    let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    progress(format!("sending {total} of the bundle's {len} bytes"));
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let sent = Arc::new(AtomicU64::new(start));
+    let sent = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(send_bundle(
         path.to_path_buf(),
         options,
-        header_len,
-        start,
+        ranges,
         tx,
         sent.clone(),
     ));
@@ -284,13 +337,13 @@ async fn push_once(
             r = &mut call => break r,
             _ = tick.tick() => {
                 let at = sent.load(Ordering::Relaxed);
-                if at >= len {
+                if at >= total {
                     if !announced_end {
                         progress("all bytes sent; the node reads the slot back and activates it".into());
                         announced_end = true;
                     }
                 } else {
-                    progress(format!("sent {} of {} MiB", at >> 20, len >> 20));
+                    progress(format!("sent {} of {} MiB", at >> 20, total >> 20));
                 }
             }
         }

@@ -454,7 +454,17 @@ fn upgrade_push_with_resume_wrong_key_and_url_with_drop() {
             "/basalt.machine.v1.MachineService/Upgrade",
         ],
     ));
-    assert!(audit.contains("untrusted key"), "{audit}");
+    // The untrusted bundle was refused by its plan, before any payload was sent.
+    assert!(!audit.contains("untrusted key"), "{audit}");
+    let plans = ok(ctl(
+        cfgp,
+        &[
+            "audit",
+            "--rpc",
+            "/basalt.machine.v1.MachineService/UpgradePlan",
+        ],
+    ));
+    assert!(plans.contains("untrusted key"), "{plans}");
     // The cut call ("stream interrupted", or "receiving" when the dropped connection
     // cancelled it first) and the resumed one.
     assert!(
@@ -485,6 +495,67 @@ fn upgrade_push_with_resume_wrong_key_and_url_with_drop() {
         !o.status.success() && text(&o).contains("not newer"),
         "{}",
         text(&o)
+    );
+}
+
+/// The node's booted slot A holds part of the new image: `basaltctl upgrade` sends only
+/// the chunks it lacks (UpgradePlan), the node copies the others from slot A and installs
+/// exactly the signed image; `--send-all` sends everything.
+#[test]
+fn upgrade_sends_only_the_chunks_the_booted_slot_lacks() {
+    let env = Env::new();
+    let d = env.d();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let cfgp = Some(env.client.as_path());
+    // slot A ("booted"): 4 MiB of content, then zeros up to its 8 MiB
+    let booted = image(4 * MIB, 7);
+    let mut a = std::fs::OpenOptions::new()
+        .write(true)
+        .open(env.slot("a"))
+        .unwrap();
+    a.write_all(&booted).unwrap();
+    drop(a);
+    // the new image: booted chunks 0 and 1, two new chunks, two zero chunks and a short
+    // zero tail (all five in slot A)
+    let mut img = booted[..2 * MIB].to_vec();
+    img.extend(image(2 * MIB, 8));
+    img.extend(vec![0u8; 2 * MIB + 100]);
+    let bundle = build_bundle(d, &img, "1.1.0", &env.key, "delta");
+    let out = ok(ctl(cfgp, &["upgrade", "--bundle", &s(&bundle)]));
+    let header_len = std::fs::metadata(&bundle).unwrap().len() - img.len() as u64;
+    assert!(out.contains("booted slot holds 5 of the 7 chunks"), "{out}");
+    let sent = header_len + 2 * MIB as u64;
+    assert!(
+        out.contains(&format!("sending {sent} of the bundle's")),
+        "{out}"
+    );
+    assert!(out.contains("slot B now holds qemu-arm64 1.1.0"), "{out}");
+    let log = env.node.log();
+    assert!(
+        log.contains("5 chunks are copied from the booted slot A"),
+        "{log}"
+    );
+    assert_eq!(
+        &std::fs::read(env.slot("b")).unwrap()[..img.len()],
+        &img[..]
+    );
+
+    // --send-all: the whole payload goes over the wire, same result
+    let img2 = {
+        let mut i = img.clone();
+        i[5] ^= 1;
+        i
+    };
+    let bundle2 = build_bundle(d, &img2, "1.2.0", &env.key, "all");
+    let out = ok(ctl(
+        cfgp,
+        &["upgrade", "--send-all", "--bundle", &s(&bundle2)],
+    ));
+    let len2 = std::fs::metadata(&bundle2).unwrap().len();
+    assert!(out.contains(&format!("sending {len2} of")), "{out}");
+    assert_eq!(
+        &std::fs::read(env.slot("b")).unwrap()[..img2.len()],
+        &img2[..]
     );
 }
 

@@ -104,6 +104,7 @@ pub const RULES: &[Rule] = rules! {
     "basalt.machine.v1.MachineService" / "Upgrade" => ADMINS, maintenance: false;
     "basalt.machine.v1.MachineService" / "UpgradeFromUrl" => ADMINS, maintenance: false;
     "basalt.machine.v1.MachineService" / "UpgradeStatus" => READERS, maintenance: true;
+    "basalt.machine.v1.MachineService" / "UpgradePlan" => ADMINS, maintenance: false;
     "basalt.resource.v1.ResourceService" / "Get" => READERS, maintenance: true;
     "basalt.resource.v1.ResourceService" / "List" => READERS, maintenance: true;
     "basalt.resource.v1.ResourceService" / "Watch" => READERS, maintenance: true;

@@ -456,4 +456,11 @@ impl MachineService for MachineApi {
     ) -> Reply<pb::UpgradeStatusResponse> {
         crate::api::upgrade::upgrade_status_rpc(&self.node)
     }
+
+    async fn upgrade_plan(
+        &self,
+        request: Request<pb::UpgradePlanRequest>,
+    ) -> Reply<pb::UpgradePlanResponse> {
+        crate::api::upgrade::upgrade_plan(&self.node, request).await
+    }
 }

@@ -64,6 +64,7 @@ fn options(o: Option<&pb::UpgradeOptions>) -> UpgradeOptions {
         allow_downgrade: o.allow_downgrade,
         stage: o.stage,
         tries: (o.tries != 0).then_some(o.tries),
+        reuse_booted_slot: o.reuse_booted_slot,
     }
 }
 
@@ -109,14 +110,14 @@ fn end(session: UpgradeSession) {
     tokio::task::spawn_blocking(move || drop(session));
 }
 
-async fn feed(
+/// Runs `op` on the session off the async workers (slot I/O blocks).
+async fn on_session<T: Send + 'static>(
     session: UpgradeSession,
-    offset: u64,
-    data: Vec<u8>,
-) -> Result<(UpgradeSession, Result<(), UpgradeError>), Status> {
+    op: impl FnOnce(&mut UpgradeSession) -> Result<T, UpgradeError> + Send + 'static,
+) -> Result<(UpgradeSession, Result<T, UpgradeError>), Status> {
     tokio::task::spawn_blocking(move || {
         let mut session = session;
-        let r = session.feed(offset, &data);
+        let r = op(&mut session);
         (session, r)
     })
     .await
@@ -185,7 +186,7 @@ pub async fn upgrade(
         };
         let had_header = session.header_verified();
         let r;
-        (session, r) = feed(session, d.offset, d.data).await?;
+        (session, r) = on_session(session, move |s| s.feed(d.offset, &d.data)).await?;
         if !had_header && session.header_verified() {
             start = Some(session.resume_offset());
             // Set now: a call cancelled by a dropped connection keeps this summary.
@@ -196,6 +197,14 @@ pub async fn upgrade(
             end(session);
             return Err(upgrade_status(&e));
         }
+    }
+    // The chunks after the last one sent, when the booted slot holds them.
+    let copied;
+    (session, copied) = on_session(session, |s| s.copy_local()).await?;
+    if let Err(e) = copied {
+        note_set(format!("{}: {e}", summary("failed", &session)));
+        end(session);
+        return Err(upgrade_status(&e));
     }
     if !session.is_complete() {
         let e = UpgradeError::Incomplete {
@@ -327,6 +336,48 @@ pub async fn upgrade_from_url(
     Ok(Response::new(Box::pin(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     )))
+}
+
+/// `UpgradePlan`: which ranges of a bundle the node still needs (reads the booted slot
+/// once per boot, off the async workers).
+pub async fn upgrade_plan(
+    node: &Arc<Node>,
+    request: Request<pb::UpgradePlanRequest>,
+) -> Result<Response<pb::UpgradePlanResponse>, Status> {
+    let note = AuditNote::of(&request);
+    let r = request.into_inner();
+    let opts = options(r.options.as_ref());
+    let engine = engine(node)?;
+    let ctx = NodeContext(node.clone());
+    let plan = tokio::task::spawn_blocking(move || engine.plan(&ctx, &opts, &r.header))
+        .await
+        .map_err(|e| Status::internal(format!("upgrade plan task: {e}")))?;
+    let summary = match &plan {
+        Ok(p) => format!(
+            "bundle {} slot {}: {} of {} chunks reused, {} bytes to send",
+            p.version, p.slot, p.reuse_chunks, p.chunk_count, p.send_bytes
+        ),
+        Err(e) => e.to_string(),
+    };
+    if let Some(n) = &note {
+        n.replace(summary);
+    }
+    let p = plan.map_err(|e| upgrade_status(&e))?;
+    Ok(Response::new(pb::UpgradePlanResponse {
+        send: p
+            .send
+            .iter()
+            .map(|r| pb::ByteRange {
+                start: r.start,
+                end: r.end,
+            })
+            .collect(),
+        send_bytes: p.send_bytes,
+        reuse_chunks: p.reuse_chunks,
+        chunk_count: p.chunk_count,
+        slot: slot(Some(p.slot)),
+        version: p.version,
+    }))
 }
 
 /// `UpgradeStatus`: where an interrupted upgrade stands.

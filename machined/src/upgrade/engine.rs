@@ -31,12 +31,12 @@
 
 use super::device::{FileSlotDevices, SlotDevice, SlotDevices};
 pub use super::error::UpgradeError;
+use super::plan::{BootedSlotIndex, admit};
 use super::progress::{ProgressError, ProgressStore, UpgradeProgress};
 pub use super::types::{UpgradeContext, UpgradeOptions, UpgradeOutcome, UpgradeTarget};
-use super::version::Version;
 use basalt_bootloader::Slot;
 use basalt_image::bundle::{
-    BundleError, BundleHeader, ChunkIndex, ChunkSource, PayloadVerifier, VerifiedManifest,
+    BundleError, BundleHeader, ChunkSource, PayloadVerifier, VerifiedManifest,
 };
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -53,7 +53,8 @@ pub const MAX_TRIES: u32 = 9;
 /// Admits one upgrade at a time; see the module docs.
 pub struct UpgradeEngine {
     target: UpgradeTarget,
-    devices: Arc<dyn SlotDevices>,
+    pub(super) devices: Arc<dyn SlotDevices>,
+    pub(super) booted_index: BootedSlotIndex,
     store: ProgressStore,
     busy: Arc<AtomicBool>,
     persist_every: u64,
@@ -92,6 +93,7 @@ impl UpgradeEngine {
         UpgradeEngine {
             target,
             devices,
+            booted_index: BootedSlotIndex::default(),
             store: ProgressStore::new(state_dir),
             busy: Arc::new(AtomicBool::new(false)),
             persist_every: DEFAULT_PERSIST_EVERY,
@@ -150,6 +152,7 @@ impl UpgradeEngine {
             source: source.to_string(),
             target: self.target.clone(),
             devices: self.devices.clone(),
+            booted_index: self.booted_index.clone(),
             store: self.store.clone(),
             persist_every: self.persist_every,
             header: Vec::new(),
@@ -214,6 +217,7 @@ pub struct UpgradeSession {
     source: String,
     target: UpgradeTarget,
     devices: Arc<dyn SlotDevices>,
+    booted_index: BootedSlotIndex,
     store: ProgressStore,
     persist_every: u64,
     header: Vec<u8>,
@@ -286,6 +290,11 @@ impl UpgradeSession {
     /// skipped; data beyond [`UpgradeSession::next_offset`] is refused as a gap.
     pub fn feed(&mut self, offset: u64, data: &[u8]) -> Result<(), UpgradeError> {
         if self.payload.is_some() {
+            if offset > self.next_offset() {
+                // A client sending only what UpgradePlan listed skips the chunks the
+                // booted slot holds: copy them now (a real gap stays one).
+                self.copy_local()?;
+            }
             return self.feed_payload(offset, data);
         }
         let have = self.header.len() as u64;
@@ -309,6 +318,9 @@ impl UpgradeSession {
         let rest = self.header.split_off(header_len as usize);
         self.start(&header)?;
         self.header.clear();
+        if self.options.reuse_booted_slot {
+            self.plan_reuse()?;
+        }
         if rest.is_empty() {
             Ok(())
         } else {
@@ -317,65 +329,20 @@ impl UpgradeSession {
     }
 
     fn start(&mut self, header: &BundleHeader) -> Result<(), UpgradeError> {
-        let trust = self
-            .ctx
-            .trust()
-            .map_err(UpgradeError::Config)?
-            .unwrap_or_default();
-        if trust.keys.is_empty() {
-            return Err(UpgradeError::NoTrustedKeys);
-        }
-        let manifest = header.verify(&trust.keys)?;
+        let admitted = admit(
+            &*self.ctx,
+            &self.options,
+            &self.target,
+            &*self.devices,
+            header,
+        )?;
+        let (manifest, slot, tries, device) = (
+            admitted.manifest,
+            admitted.slot,
+            admitted.tries,
+            admitted.device,
+        );
         let m = manifest.manifest().clone();
-        if m.board != self.target.board {
-            return Err(UpgradeError::WrongBoard {
-                bundle: m.board,
-                node: self.target.board.clone(),
-            });
-        }
-        let booted = Version::parse(&self.target.booted_version)?;
-        let new = Version::parse(&m.version)?;
-        if let Some(min) = &m.min_version
-            && booted < Version::parse(min)?
-        {
-            return Err(UpgradeError::TooOld {
-                bundle: m.version,
-                min_version: min.clone(),
-                booted: booted.to_string(),
-            });
-        }
-        if new <= booted && !self.options.allow_downgrade {
-            return Err(UpgradeError::NotNewer {
-                bundle: m.version,
-                booted: booted.to_string(),
-            });
-        }
-        let status = self.ctx.boot_status()?;
-        let booted_slot = status.booted.unwrap_or(self.target.booted_slot);
-        let slot = self.target.booted_slot.other();
-        if booted_slot == slot {
-            return Err(UpgradeError::TargetIsBooted(slot));
-        }
-        if !status.committed {
-            return Err(UpgradeError::TrialBoot {
-                booted: booted_slot,
-                target: slot,
-            });
-        }
-        let tries = self.options.tries.unwrap_or(trust.tries);
-        if !(1..=MAX_TRIES).contains(&tries) {
-            return Err(UpgradeError::BadTries(tries));
-        }
-        let device = self.devices.open(slot)?;
-        let size = device.len()?;
-        if size < m.slot_size {
-            return Err(UpgradeError::SlotTooSmall {
-                slot,
-                device: device.name(),
-                size,
-                needed: m.slot_size,
-            });
-        }
         let header_len = header.header_len();
         let identity = sha256_hex(&self.header[..header_len as usize]);
         let verified = match self.store.load() {
@@ -521,19 +488,11 @@ impl UpgradeSession {
         };
         // Bytes of a partly received chunk are dropped: that chunk may now be copied.
         p.buf.clear();
-        let mut active = self.devices.open_read(booted)?;
-        let chunk_size = p.manifest.chunks().chunk_size();
-        let len = active.len()?.min(p.manifest.manifest().slot_size);
-        let mut hashes = Vec::new();
-        let mut buf = vec![0u8; chunk_size as usize];
-        let mut off = 0;
-        while off < len {
-            let n = (len - off).min(u64::from(chunk_size)) as usize;
-            active.read_at(off, &mut buf[..n])?;
-            hashes.push(Sha256::digest(&buf[..n]).into());
-            off += n as u64;
-        }
-        let have = ChunkIndex::new(chunk_size, len, hashes)?;
+        let active = self.devices.open_read(booted)?;
+        let chunks = p.manifest.chunks();
+        let have =
+            self.booted_index
+                .get(&*self.devices, booted, chunks.chunk_size(), chunks.len())?;
         let diff = p.manifest.chunks().diff(&have);
         let reuse = diff.reuse_count();
         let fetch = diff.fetch_bytes();
@@ -581,7 +540,13 @@ impl UpgradeSession {
                 return Ok(copied);
             };
             active.read_at(chunk * chunk_size, &mut data)?;
-            self.feed_payload(at, &data)?;
+            if let Err(e) = self.feed_payload(at, &data) {
+                self.booted_index.forget();
+                self.ctx.log(&format!(
+                    "upgrade: chunk {index} copied from the booted slot was refused: {e}"
+                ));
+                return Err(e);
+            }
             copied += 1;
         }
     }
@@ -621,6 +586,9 @@ impl UpgradeSession {
     /// signed chunk hashes and `slot_sha256`. A mismatch rewinds the progress to the first
     /// bad chunk.
     pub fn readback(&mut self) -> Result<(), UpgradeError> {
+        // Chunks planned to be copied at the end of the payload (a client sending only
+        // what UpgradePlan listed stops before them).
+        self.copy_local()?;
         let resume_offset = self.resume_offset();
         let Some(p) = self.payload.as_mut() else {
             return Err(UpgradeError::Incomplete {

@@ -8,6 +8,8 @@
 //!   traits: [`SlotDevices`]/[`SlotDevice`] for the slot partitions and
 //!   [`UpgradeContext`] for the bootloader, the stored configuration, the reboot and the
 //!   log;
+//! - [`plan`]: the checks of a bundle header before anything is written, and which
+//!   chunks the booted slot already holds (`UpgradePlan`; copied instead of received);
 //! - [`device`]: the slot devices (positioned I/O + fsync on a block device or file, and
 //!   memory for tests);
 //! - [`progress`]: the resume record on STATE (`upgrade/progress.json`);
@@ -25,6 +27,7 @@ pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod node_context;
+pub mod plan;
 pub mod progress;
 pub mod trust;
 pub mod types;
@@ -35,10 +38,13 @@ pub use engine::{
     UpgradeContext, UpgradeEngine, UpgradeError, UpgradeOptions, UpgradeOutcome, UpgradeSession,
     UpgradeTarget,
 };
+pub use plan::UpgradePlan;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_fetch;
+#[cfg(test)]
+mod tests_plan;
 #[cfg(test)]
 mod tests_readback;

@@ -29,6 +29,10 @@ pub struct UpgradeOptions {
     pub stage: bool,
     /// Boot tries of the new slot; `None` for the UpdateConfig's.
     pub tries: Option<u32>,
+    /// Copy the chunks the booted slot holds instead of expecting them in the stream (the
+    /// client sends only what [`super::UpgradeEngine::plan`] listed); set right after the
+    /// header is verified.
+    pub reuse_booted_slot: bool,
 }
 
 /// What the engine asks of the rest of machined: settings, bootloader, reboot, log.

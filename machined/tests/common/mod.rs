@@ -311,6 +311,11 @@ pub async fn call(c: &mut Clients, rpc: &str, config: &str) -> Result<(), tonic:
             .upgrade_from_url(pb::UpgradeFromUrlRequest::default())
             .await
             .map(drop),
+        ("basalt.machine.v1.MachineService", "UpgradePlan") => c
+            .machine
+            .upgrade_plan(pb::UpgradePlanRequest::default())
+            .await
+            .map(drop),
         ("basalt.machine.v1.MachineService", "UpgradeStatus") => c
             .machine
             .upgrade_status(pb::UpgradeStatusRequest {})
