@@ -6,8 +6,9 @@
 //! the kernel's `Linux version`), kernel (to machined's first `[basalt]` line), machined
 //! (to `API listening on`), network (to `network up:`, the DHCP lease); then, after
 //! configuring the node, machined's resident memory (Processes RPC, pid 1). On qemu-arm64
-//! also an A → B upgrade of the 512 MiB slot: the time `basaltctl upgrade` takes (push,
-//! chunk-verified write, fsync, read-back) and reboot → "slot B committed".
+//! also an A → B upgrade of the 512 MiB slot: the time `basaltctl upgrade` takes (plan,
+//! push of what slot A lacks, chunk-verified write, fsync, read-back) and reboot → "slot B
+//! committed"; then the same slot size back into A with everything sent (`--send-all`).
 //!
 //! Times are wall-clock of the host, polled every 100 ms, so each is ±0.1 s; TCG is several
 //! times slower than a real board, and the host's load shows in every number.
@@ -16,7 +17,7 @@ use basalt_boards::Board;
 use basalt_image::bundle::{generate_signing_key, verifying_key_base64};
 use basalt_tests::{
     Fixture, Qemu, UefiFirmware, apply_config_insecure, build_image, ctl, free_port,
-    gen_node_config, maintenance_fingerprint, node_machined_for, ok,
+    gen_node_config, maintenance_fingerprint, node_machined_for, ok, output_text,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -117,20 +118,49 @@ fn bench_qemu_arm64_boot_and_upgrade() {
         machined_rss(&client)
     );
 
-    let bundle = fx[1].output.disk_image.with_file_name("slot.bundle");
-    let mib = std::fs::metadata(&bundle).unwrap().len() as f64 / 1_048_576.0;
+    let bundle = |f: &Fixture| f.output.disk_image.with_file_name("slot.bundle");
+    let mib = std::fs::metadata(bundle(&fx[1])).unwrap().len() as f64 / 1_048_576.0;
+    // 1.0.0 → 2.0.0: only the chunks slot A lacks are sent (UpgradePlan)
     let start = Instant::now();
-    ok(ctl(Some(&client), &["upgrade", "--bundle", &s(&bundle)]));
+    let o = ctl(Some(&client), &["upgrade", "--bundle", &s(&bundle(&fx[1]))]);
     let write = start.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let out = String::from_utf8_lossy(&o.stderr).into_owned();
+    let sent = out
+        .lines()
+        .find_map(|l| l.split("upgrade: sending ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+        / 1_048_576.0;
     qemu.expect_exit(Duration::from_secs(120));
     let reboot = Instant::now();
     let mut qemu = Qemu::boot_arm64(disk, &root.join("boot-2.console.log"), Some(port));
     qemu.expect("slot B committed", Duration::from_secs(600));
     println!(
-        "| qemu-arm64 upgrade of a {mib:.0} MiB slot | push + write + verify {write:.1} s ({:.1} MiB/s); power-on → slot B committed {:.1} s |",
-        mib / write,
+        "| qemu-arm64 upgrade of a {mib:.0} MiB slot, {sent:.0} MiB sent (the rest in the booted slot) | push + write + verify {write:.1} s; power-on → slot B committed {:.1} s |",
         reboot.elapsed().as_secs_f64()
     );
+    // the same size back into A with the whole payload sent (--send-all), staged
+    let start = Instant::now();
+    ok(ctl(
+        Some(&client),
+        &[
+            "upgrade",
+            "--bundle",
+            &s(&bundle(&fx[0])),
+            "--allow-downgrade",
+            "--stage",
+            "--send-all",
+        ],
+    ));
+    let write = start.elapsed().as_secs_f64();
+    println!(
+        "| qemu-arm64 upgrade of a {mib:.0} MiB slot, all sent (`--send-all`) | push + write + verify {write:.1} s ({:.1} MiB/s) |",
+        mib / write
+    );
+    ok(ctl(Some(&client), &["shutdown"]));
+    qemu.expect_exit(Duration::from_secs(60));
 }
 
 #[test]
