@@ -498,15 +498,25 @@ fn upgrade_push_with_resume_wrong_key_and_url_with_drop() {
     );
 }
 
-/// The node's booted slot A holds part of the new image: `basaltctl upgrade` sends only
-/// the chunks it lacks (UpgradePlan), the node copies the others from slot A and installs
-/// exactly the signed image; `--send-all` sends everything.
+/// A rollback to the never-written slot B is refused. The node's booted slot A holds part
+/// of the new image: `basaltctl upgrade` sends only the chunks it lacks (UpgradePlan), the
+/// node copies the others from slot A and installs exactly the signed image; `--send-all`
+/// sends everything.
 #[test]
 fn upgrade_sends_only_the_chunks_the_booted_slot_lacks() {
     let env = Env::new();
     let d = env.d();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let cfgp = Some(env.client.as_path());
+    // slot B was never written: a rollback to it is refused
+    let o = ctl(cfgp, &["rollback"]);
+    assert!(
+        !o.status.success()
+            && text(&o).contains("slot B")
+            && text(&o).contains("holds no system image"),
+        "{}",
+        text(&o)
+    );
     // slot A ("booted"): 4 MiB of content, then zeros up to its 8 MiB
     let booted = image(4 * MIB, 7);
     let mut a = std::fs::OpenOptions::new()

@@ -73,6 +73,15 @@ pub enum NodeError {
     /// The request is malformed.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A rollback to a slot that was never written (a fresh disk holds only slot A; its
+    /// bootloader may still list B by default).
+    #[error("cannot roll back to slot {slot}: {device} holds no system image (never written)")]
+    BlankSlot {
+        /// The slot.
+        slot: Slot,
+        /// Its device.
+        device: String,
+    },
 }
 
 impl From<SettingsError> for NodeError {
@@ -353,12 +362,21 @@ impl Node {
     }
 
     /// Switches the next boot to the other slot; reboots when asked.
+    /// Refused when the other slot is blank (checked when the slot devices are known).
     pub fn rollback(&self, reboot: bool) -> Result<Slot, NodeError> {
-        let slot = self
-            .boot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .rollback()?;
+        let mut boot = self.boot.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(engine), Some(booted)) = (self.upgrade.get(), boot.status()?.booted) {
+            let other = booted.other();
+            // An unreadable slot is left to the bootloader's own checks.
+            if let Ok(Some(device)) = engine.blank_slot(other) {
+                return Err(NodeError::BlankSlot {
+                    slot: other,
+                    device,
+                });
+            }
+        }
+        let slot = boot.rollback()?;
+        drop(boot);
         self.events.publish(
             crate::events::EventKind::Boot,
             &format!("slot {slot}"),

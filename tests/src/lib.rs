@@ -14,9 +14,11 @@
 //!   the Raspberry Pi machines (U-Boot from the SD card's BOOT partition);
 //! - [`basaltctl`]: the CLI built by the same `cargo test --workspace` run;
 //! - [`free_port`]: a free TCP port on 127.0.0.1 for a host forward;
+//! - [`loop_device`]: loop devices over disk image files, detached when dropped;
 //! - [`rig`]: a configured node on one disk file, power-cycled by relaunching QEMU;
 //! - [`slot_tools`]: bad slots, signed bundles of them, and bytes flipped in a slot on disk.
 
+pub mod loop_device;
 pub mod rig;
 pub mod slot_tools;
 
@@ -473,14 +475,19 @@ pub fn find_from(haystack: &str, needle: &str, from: usize) -> Option<usize> {
 /// The `basaltctl` binary of this workspace's debug build (built by `cargo test
 /// --workspace`, which builds every package's binaries for its integration tests).
 pub fn basaltctl() -> PathBuf {
-    let bin = repo().join("target/debug/basaltctl");
+    workspace_binary("basaltctl")
+}
+
+/// A binary `name` of this workspace's debug build (`basaltctl`, `basalt-flash`, …).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let bin = repo().join("target/debug").join(name);
     let bin = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| PathBuf::from(d).join("debug/basaltctl"))
+        .map(|d| PathBuf::from(d).join("debug").join(name))
         .filter(|p| p.exists())
         .unwrap_or(bin);
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p basaltctl` first)",
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --workspace` first)",
         bin.display()
     );
     bin

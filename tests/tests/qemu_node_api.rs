@@ -24,6 +24,7 @@
 //! `qemu_early_boot` needs, plus basaltctl from the same `cargo test --workspace` build.
 
 use basalt_boards::Board;
+use basalt_tests::loop_device::LoopDevice;
 use basalt_tests::{
     Qemu, apply_config_insecure, build_image, ctl, free_port, gen_node_config,
     maintenance_fingerprint, node_machined, ok, output_text, require_qemu_arm64,
@@ -56,29 +57,6 @@ fn run_text(cmd: &mut Command) -> String {
     text
 }
 
-/// A read-only loop device over part of a file, detached when dropped.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path, offset: u64, size: u64) -> Loop {
-        let dev = run_text(
-            Command::new("losetup")
-                .args(["--find", "--show", "--read-only", "-o"])
-                .arg(offset.to_string())
-                .arg("--sizelimit")
-                .arg(size.to_string())
-                .arg(file),
-        );
-        Loop(dev.trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 /// `(start, size)` in bytes of the partition named `name`, from `sfdisk -J`, and the
 /// table's last usable LBA.
 fn gpt_partition(disk: &Path, name: &str) -> (u64, u64, u64) {
@@ -101,7 +79,7 @@ fn gpt_partition(disk: &Path, name: &str) -> (u64, u64, u64) {
 /// Checks that the ext4 in partition `name` fills it and is clean; returns its size.
 fn ext4_fills_partition(disk: &Path, name: &str) -> u64 {
     let (start, size, _) = gpt_partition(disk, name);
-    let dev = Loop::attach(disk, start, size);
+    let dev = LoopDevice::partition_read_only(disk, start, size);
     let header = run_text(Command::new("dumpe2fs").arg("-h").arg(&dev.0));
     let field = |key: &str| -> u64 {
         header

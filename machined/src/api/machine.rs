@@ -37,9 +37,8 @@ fn status(e: NodeError) -> Status {
         }
         NodeError::Unimplemented(_) => Status::unimplemented(e.to_string()),
         NodeError::NotFound(_) => Status::not_found(e.to_string()),
-        NodeError::Bootloader(basalt_bootloader::BootloaderError::Refused(_)) => {
-            Status::failed_precondition(e.to_string())
-        }
+        NodeError::Bootloader(basalt_bootloader::BootloaderError::Refused(_))
+        | NodeError::BlankSlot { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }

@@ -176,7 +176,21 @@ pub struct UpgradePlan {
     pub version: String,
 }
 
+/// Bytes at the start of a slot that a written slot image never leaves all zero (its
+/// filesystem's boot sector / superblock).
+const BLANK_PROBE: usize = 64 << 10;
+
 impl UpgradeEngine {
+    /// The device of `slot` when its first 64 KiB are all zero: a slot that was never
+    /// written (a fresh disk image leaves SYSTEM-B empty). `None` when it holds data.
+    pub fn blank_slot(&self, slot: Slot) -> Result<Option<String>, UpgradeError> {
+        let mut device = self.devices.open_read(slot)?;
+        let len = device.len()?.min(BLANK_PROBE as u64) as usize;
+        let mut buf = vec![0u8; len];
+        device.read_at(0, &mut buf)?;
+        Ok(buf.iter().all(|b| *b == 0).then(|| device.name()))
+    }
+
     /// Checks a bundle `header` (its bytes from offset 0, at least up to the header length)
     /// as an upgrade with `options` would, and answers which payload chunks the booted
     /// slot does not hold. Reads only; nothing is written and no upgrade is started. When

@@ -139,3 +139,13 @@ fn plan_refuses_what_an_upgrade_refuses() {
         .unwrap_err();
     assert!(matches!(e, UpgradeError::Bundle(_)), "{e}");
 }
+
+#[test]
+fn a_slot_never_written_is_blank() {
+    let fx = Fx::new();
+    let engine = fx.engine();
+    assert!(engine.blank_slot(Slot::B).unwrap().is_some());
+    let mut b = fx.devices.slot(Slot::B).clone();
+    b.write_at(60 << 10, &[1]).unwrap();
+    assert_eq!(engine.blank_slot(Slot::B).unwrap(), None);
+}
