@@ -15,9 +15,14 @@
 //! - [`basaltctl`]: the CLI built by the same `cargo test --workspace` run;
 //! - [`free_port`]: a free TCP port on 127.0.0.1 for a host forward;
 //! - [`loop_device`]: loop devices over disk image files, detached when dropped;
-//! - [`rig`]: a configured node on one disk file, power-cycled by relaunching QEMU;
-//! - [`slot_tools`]: bad slots, signed bundles of them, and bytes flipped in a slot on disk.
+//! - [`rig`]: a configured node of `qemu-arm64` (U-Boot) or a UEFI board (`qemu-x86_64`,
+//!   `arm64-uefi`) on one disk file, power-cycled by relaunching QEMU; with the shared check
+//!   that a node fell back to slot A by itself;
+//! - [`slot_tools`]: bad slots, signed bundles of them, and bytes flipped in a slot on disk
+//!   (the same slot shape on U-Boot and UEFI boards);
+//! - [`bad_updates`]: the bad-update scenario (tests c and f(ii)) for any rig board.
 
+pub mod bad_updates;
 pub mod loop_device;
 pub mod rig;
 pub mod slot_tools;

@@ -1,9 +1,9 @@
 //! Test-only tools that make bad slots and damaged disks, for the rollback and power-cut
 //! tests (issue 6, tests c, d and f).
 //!
-//! - [`build_static_aarch64`]: a tiny static aarch64 program from a C source under
-//!   `tests/testdata/` (e.g. a "machined" that exits at once), with the cross gcc that
-//!   `scripts/setup-host` installs;
+//! - [`build_static`]: a tiny static program for a node's architecture from a C source
+//!   under `tests/testdata/` (e.g. a "machined" that exits at once): aarch64 with the cross
+//!   gcc that `scripts/setup-host` installs, x86_64 with the host's gcc and glibc's `libc.a`;
 //! - [`slot_without_rootfs`]: a copy of a built slot image whose `rootfs.img` is deleted,
 //!   i.e. a slot whose kernel and initramfs boot but whose root cannot be found;
 //! - [`sign_slot`]: a signed update bundle for any slot image, with basalt-image's bundle
@@ -14,8 +14,14 @@
 //! - [`flip_rootfs_byte`]: flips one byte inside the squashfs of a slot partition's
 //!   `rootfs.img` on a disk image file, through the FAT filesystem of that partition.
 //!
+//! The slot shape is the same on U-Boot and UEFI boards (a FAT filesystem with the kernel,
+//! initramfs and `rootfs.img`); on UEFI boards the activation also copies the slot's kernel
+//! and initramfs onto the ESP, so a slot without `rootfs.img` still starts its kernel and
+//! fails at the root, and a flipped byte in `rootfs.img` is only seen by dm-verity.
+//!
 //! None of this is a production path: basalt-image has no flag that makes a broken slot.
 
+use basalt_boards::Board;
 use basalt_bootloader::partition_table::PartitionTable;
 use basalt_image::bundle::{BundleMeta, BundleWriter, SigningKey, VerifiedManifest};
 use std::fs::File;
@@ -26,20 +32,24 @@ use std::process::Command;
 /// The name of the root filesystem inside a slot.
 pub const SLOT_ROOTFS: &str = basalt_image::compose::SLOT_ROOTFS;
 
-/// Compiles `source` (C, under the repository) into a static aarch64 executable `out`
-/// with `aarch64-linux-gnu-gcc -static -Os`; panics with the compiler's output on failure.
-pub fn build_static_aarch64(source: &Path, out: &Path) {
-    let o = Command::new("aarch64-linux-gnu-gcc")
+/// Compiles `source` (C, under the repository) into a static executable `out` for `arch`
+/// (`aarch64`: `aarch64-linux-gnu-gcc`; `x86_64`: the host's `gcc`) with `-static -Os`;
+/// panics with the compiler's output on failure.
+pub fn build_static(arch: &str, source: &Path, out: &Path) {
+    let gcc = match arch {
+        "aarch64" => "aarch64-linux-gnu-gcc",
+        "x86_64" => "gcc",
+        other => panic!("no C compiler for {other}"),
+    };
+    let o = Command::new(gcc)
         .args(["-static", "-Os", "-Wall", "-o"])
         .arg(out)
         .arg(source)
         .output()
-        .unwrap_or_else(|e| {
-            panic!("aarch64-linux-gnu-gcc does not run ({e}): run scripts/setup-host")
-        });
+        .unwrap_or_else(|e| panic!("{gcc} does not run ({e}): run scripts/setup-host"));
     assert!(
         o.status.success(),
-        "compiling {}: {}{}",
+        "compiling {} with {gcc}: {}{}",
         source.display(),
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
@@ -164,11 +174,12 @@ pub fn slot_without_rootfs(slot: &Path, out: &Path) {
     fs.unmount().unwrap();
 }
 
-/// Signs `slot` as a bundle of `board`/`version` (aarch64) with `key` into `out`, carrying
-/// `verity_root_hash` (hex) in the manifest, as `basalt-image build` does.
+/// Signs `slot` as a bundle of `board` (its name and architecture) at `version` with `key`
+/// into `out`, carrying `verity_root_hash` (hex) in the manifest, as `basalt-image build`
+/// does.
 pub fn sign_slot(
     slot: &Path,
-    board: &str,
+    board: &Board,
     version: &str,
     verity_root_hash: &str,
     key: &SigningKey,
@@ -179,7 +190,13 @@ pub fn sign_slot(
         *b = u8::from_str_radix(&verity_root_hash[2 * i..2 * i + 2], 16)
             .unwrap_or_else(|e| panic!("root hash {verity_root_hash}: {e}"));
     }
-    let meta = BundleMeta::new(board, version, "aarch64", 1_700_000_000, root);
+    let meta = BundleMeta::new(
+        board.name.as_str(),
+        version,
+        board.arch.as_str(),
+        1_700_000_000,
+        root,
+    );
     BundleWriter::write(slot, &meta, key, out)
         .unwrap_or_else(|e| panic!("signing {}: {e}", slot.display()))
 }
