@@ -17,13 +17,20 @@ fn booted_holds_the_middle(fx: &Fx, b: &[u8]) -> u64 {
     u64::from(u32::from_le_bytes(b[12..16].try_into().unwrap()))
 }
 
-#[test]
-fn plan_lists_only_the_chunks_the_booted_slot_lacks() {
+/// A node booted from slot A holding chunks 8..24 of a signed 1.2.0 bundle `b` with header
+/// length `h`.
+fn planned_setup() -> (Fx, Vec<u8>, u64, std::sync::Arc<TestCtx>, UpgradeEngine) {
     let fx = Fx::new();
     let b = fx.bundle("qemu-arm64", "1.2.0");
     let h = booted_holds_the_middle(&fx, &b);
     let ctx = TestCtx::new(&fx.key);
     let engine = fx.engine();
+    (fx, b, h, ctx, engine)
+}
+
+#[test]
+fn plan_lists_only_the_chunks_the_booted_slot_lacks() {
+    let (fx, b, h, ctx, engine) = planned_setup();
     let plan = engine
         .plan(&*ctx, &UpgradeOptions::default(), &b[..h as usize])
         .unwrap();
@@ -40,11 +47,7 @@ fn plan_lists_only_the_chunks_the_booted_slot_lacks() {
 
 #[test]
 fn stream_of_the_planned_ranges_installs_the_signed_image() {
-    let fx = Fx::new();
-    let b = fx.bundle("qemu-arm64", "1.2.0");
-    let h = booted_holds_the_middle(&fx, &b);
-    let ctx = TestCtx::new(&fx.key);
-    let engine = fx.engine();
+    let (fx, b, h, ctx, engine) = planned_setup();
     let plan = engine
         .plan(&*ctx, &UpgradeOptions::default(), &b[..h as usize])
         .unwrap();
