@@ -26,11 +26,11 @@
 //! back on A with STATE intact and BootStatus `last-failed B`. The consoles of every
 //! attempt are kept in `<dir>/node/boot-N-<tag>.console.log`.
 
+use crate::image_cache::run_signing_key;
 use crate::rig::{Node, arg};
 use crate::slot_tools::{build_static, flip_rootfs_byte, sign_slot, slot_without_rootfs};
 use crate::{Fixture, build_image, node_machined_for, ok, repo};
 use basalt_boards::Board;
-use basalt_image::bundle::generate_signing_key;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -59,8 +59,7 @@ impl BadUpdates<'_> {
             std::fs::remove_dir_all(root).unwrap();
         }
         std::fs::create_dir_all(root).unwrap();
-        let key_file = root.join("signing.pem");
-        let key = generate_signing_key(&key_file).unwrap();
+        let (key_file, key) = run_signing_key(&repo());
         let board = || Board::load(self.board).unwrap();
         let arch = board().arch.as_str();
 

@@ -23,18 +23,19 @@
 //! - [`bad_updates`]: the bad-update scenario (tests c and f(ii)) for any rig board.
 
 pub mod bad_updates;
+pub mod image_cache;
 pub mod loop_device;
 pub mod rig;
 pub mod slot_tools;
 
-use basalt_boards::Board;
-use basalt_image::compose::{BuildOutput, BuildRequest, build};
+use basalt_boards::{Board, PartitionRole};
+use basalt_image::compose::{BuildOutput, BuildRequest};
 use basalt_image::inputs::{DebCache, KernelSource};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Debian's U-Boot for QEMU's arm64 `virt` machine.
@@ -72,38 +73,53 @@ pub fn node_machined() -> PathBuf {
     node_machined_for("aarch64")
 }
 
+/// The cargo profile of the node binaries the tests boot (`scripts/build-node --profile`):
+/// release code without LTO, so that a cold build is cheaper.
+pub const NODE_PROFILE: &str = "node-test";
+
 /// The static machined for `arch` (`aarch64` or `x86_64`), built by `scripts/build-node`
-/// (once per process and architecture).
+/// with [`NODE_PROFILE`] (once per process and architecture).
 pub fn node_machined_for(arch: &str) -> PathBuf {
-    static BUILT_AARCH64: OnceLock<PathBuf> = OnceLock::new();
-    static BUILT_X86_64: OnceLock<PathBuf> = OnceLock::new();
-    let cell = match arch {
-        "aarch64" => &BUILT_AARCH64,
-        "x86_64" => &BUILT_X86_64,
-        other => panic!("no node build for architecture {other}"),
+    node_machined_built(arch, NODE_PROFILE)
+}
+
+/// The static machined for `arch` built with the cargo `profile` (`release` is what a
+/// board's image ships; benchmarks measure it), once per process, architecture and profile.
+pub fn node_machined_built(arch: &str, profile: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<((String, String), PathBuf)>> = Mutex::new(Vec::new());
+    assert!(
+        matches!(arch, "aarch64" | "x86_64"),
+        "no node build for architecture {arch}"
+    );
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (arch.to_string(), profile.to_string());
+    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
+        return path.clone();
+    }
+    let root = repo();
+    let start = Instant::now();
+    let out = Command::new("bash")
+        .arg(root.join("scripts/build-node"))
+        .args(["--profile", profile, arch])
+        .current_dir(&root)
+        .output()
+        .expect("bash runs scripts/build-node");
+    assert!(
+        out.status.success(),
+        "scripts/build-node --profile {profile} {arch} failed (run scripts/setup-host for the cross toolchain):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "scripts/build-node --profile {profile} {arch}: {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    let path = match profile {
+        "release" => root.join(format!("target/node/{arch}/machined")),
+        _ => root.join(format!("target/node/{profile}/{arch}/machined")),
     };
-    cell.get_or_init(|| {
-            let root = repo();
-            let start = Instant::now();
-            let out = Command::new("bash")
-                .arg(root.join("scripts/build-node"))
-                .arg(arch)
-                .current_dir(&root)
-                .output()
-                .expect("bash runs scripts/build-node");
-            assert!(
-                out.status.success(),
-                "scripts/build-node {arch} failed (run scripts/setup-host for the cross toolchain):\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            eprintln!(
-                "scripts/build-node {arch}: {:.0} s",
-                start.elapsed().as_secs_f64()
-            );
-            root.join(format!("target/node/{arch}/machined"))
-        })
-        .clone()
+    built.push((key, path.clone()));
+    path
 }
 
 /// A built image and the folder it lives in.
@@ -114,10 +130,38 @@ pub struct Fixture {
     pub output: BuildOutput,
 }
 
-/// Builds `board` at `version` into `dir` (replacing a previous run's; tests pass a folder
-/// under `CARGO_TARGET_TMPDIR`), with `machined` as the node's init. `signing_key` signs the
-/// update bundle.
+/// Size of the A/B slots in the images the tests boot. A slot's content is about 130 MB;
+/// an upgrade writes and reads back the whole slot, so the boards' 512 MiB would make every
+/// upgrade under TCG spend most of its time on empty space. The layout code is the same.
+pub const TEST_SLOT_MIB: u64 = 192;
+
+/// `board` with its A/B slots at [`TEST_SLOT_MIB`] (slots already smaller stay as they are).
+pub fn with_test_slots(mut board: Board) -> Board {
+    for p in &mut board.disk.partitions {
+        if matches!(p.label, PartitionRole::SystemA | PartitionRole::SystemB) {
+            p.size_mib = p.size_mib.min(TEST_SLOT_MIB);
+        }
+    }
+    board
+}
+
+/// Builds `board` with [`TEST_SLOT_MIB`] slots at `version` into `dir` (see
+/// [`build_image_as_shipped`]).
 pub fn build_image(
+    dir: &Path,
+    board: Board,
+    version: &str,
+    machined: &Path,
+    signing_key: Option<PathBuf>,
+) -> Fixture {
+    build_image_as_shipped(dir, with_test_slots(board), version, machined, signing_key)
+}
+
+/// Builds `board` as its board file says at `version` into `dir` (replacing a previous
+/// run's; tests pass a folder under `CARGO_TARGET_TMPDIR`), with `machined` as the node's
+/// init. `signing_key` signs the update bundle. Built once per run for the same inputs
+/// ([`image_cache`]).
+pub fn build_image_as_shipped(
     dir: &Path,
     board: Board,
     version: &str,
@@ -132,19 +176,21 @@ pub fn build_image(
     let cache = DebCache::from_repo(&repo()).expect("inputs.lock: run scripts/setup-host");
     let start = Instant::now();
     let board_name = board.name.clone();
-    let output = build(&BuildRequest {
-        board,
-        version: version.into(),
-        out: dir.join("image"),
-        machined: machined.to_path_buf(),
-        kernel: KernelSource::Package,
-        cache,
-        epoch: 1_700_000_000,
-        signing_key,
-    })
-    .unwrap_or_else(|e| panic!("building the {board_name} image: {e} (run scripts/setup-host)"));
+    let output = image_cache::build_cached(
+        &repo(),
+        &BuildRequest {
+            board,
+            version: version.into(),
+            out: dir.join("image"),
+            machined: machined.to_path_buf(),
+            kernel: KernelSource::Package,
+            cache,
+            epoch: 1_700_000_000,
+            signing_key,
+        },
+    );
     eprintln!(
-        "{}: {board_name} {version} built in {:.0} s",
+        "{}: {board_name} {version} built (or taken from target/test-images) in {:.0} s",
         dir.display(),
         start.elapsed().as_secs_f64()
     );

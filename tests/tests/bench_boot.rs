@@ -16,8 +16,8 @@
 use basalt_boards::Board;
 use basalt_image::bundle::{generate_signing_key, verifying_key_base64};
 use basalt_tests::{
-    Fixture, Qemu, UefiFirmware, apply_config_insecure, build_image, ctl, free_port,
-    gen_node_config, maintenance_fingerprint, node_machined_for, ok, output_text,
+    Fixture, Qemu, UefiFirmware, apply_config_insecure, build_image_as_shipped, ctl, free_port,
+    gen_node_config, maintenance_fingerprint, node_machined_built, ok, output_text,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -85,11 +85,11 @@ fn images(root: &Path, board: &str, arch: &str, versions: &[&str]) -> (PathBuf, 
     let key = root.join("signing.pem");
     let _ = std::fs::remove_file(&key);
     generate_signing_key(&key).unwrap();
-    let machined = node_machined_for(arch);
+    let machined = node_machined_built(arch, "release");
     let fixtures = versions
         .iter()
         .map(|v| {
-            build_image(
+            build_image_as_shipped(
                 &root.join(v),
                 Board::load(board).unwrap(),
                 v,

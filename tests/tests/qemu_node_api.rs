@@ -103,7 +103,8 @@ fn maintenance_then_configured_then_persistent() {
         board,
         "1.0.0",
         &node_machined(),
-        None,
+        // the run's key: the same release as the upgrade tests' first, built once
+        Some(basalt_tests::image_cache::run_signing_key(&basalt_tests::repo()).0),
     );
     let port = free_port();
     let endpoint = format!("127.0.0.1:{port}");

@@ -32,9 +32,9 @@
 //! varies).
 
 use basalt_boards::Board;
-use basalt_image::bundle::generate_signing_key;
+use basalt_tests::image_cache::run_signing_key;
 use basalt_tests::rig::{Node, arg};
-use basalt_tests::{Fixture, Qemu, basaltctl, build_image, node_machined_for, ok};
+use basalt_tests::{Fixture, Qemu, basaltctl, build_image, node_machined_for, ok, repo};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -111,8 +111,7 @@ fn setup(name: &str, board: &str) -> Rig {
         std::fs::remove_dir_all(&root).unwrap();
     }
     std::fs::create_dir_all(&root).unwrap();
-    let key_file = root.join("signing.pem");
-    let key = generate_signing_key(&key_file).unwrap();
+    let (key_file, key) = run_signing_key(&repo());
     let machined = node_machined_for(board.arch.as_str());
     let build = |dir: &str, version: &str| -> Fixture {
         build_image(
@@ -128,11 +127,14 @@ fn setup(name: &str, board: &str) -> Rig {
     let bundle = |fx: &Fixture| fx.output.disk_image.with_file_name("slot.bundle");
     let mut node = Node::new(&board, &v1.output.disk_image, &root.join("node"));
     let qemu = node.configure(MACHINE, &key.verifying_key());
+    let slot_mib = v1.output.plan.by_label("SYSTEM-A").unwrap().request.size as f64 / 1048576.0;
     Rig {
         node,
         qemu: Some(qemu),
         bundles: [("1.0.0".into(), bundle(&v1)), ("2.0.0".into(), bundle(&v2))],
-        write_secs: 30.0,
+        // until a first-boot cut measures it: a low guess, so that the first write cut
+        // lands in the write (17 MiB/s was the write rate seen under TCG on a loaded machine)
+        write_secs: slot_mib / 17.0 / 2.0,
         first_boot_secs: 45.0,
         cuts: 0,
     }

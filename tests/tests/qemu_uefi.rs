@@ -22,21 +22,19 @@
 //! assertion. Consoles: `$CARGO_TARGET_TMPDIR/qemu-uefi-<arch>/node/boot-N-<tag>.console.log`.
 
 use basalt_boards::Board;
-use basalt_image::bundle::{SigningKey, generate_signing_key};
+use basalt_image::bundle::SigningKey;
+use basalt_tests::image_cache::run_signing_key;
 use basalt_tests::rig::{Node, arg};
 use basalt_tests::{
     Fixture, Qemu, apply_config_insecure, build_image, maintenance_fingerprint, node_machined_for,
-    ok, output_text,
+    ok, output_text, repo,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A fresh signing key (and its file) in `root`.
-fn signing_key(root: &Path) -> (PathBuf, SigningKey) {
-    let key_file = root.join("signing.pem");
-    let _ = std::fs::remove_file(&key_file);
-    let key = generate_signing_key(&key_file).unwrap();
-    (key_file, key)
+/// The test run's signing key (and its file); `root` is the test's folder.
+fn signing_key(_root: &Path) -> (PathBuf, SigningKey) {
+    run_signing_key(&repo())
 }
 
 /// Maintenance mode → `apply-config --insecure --fingerprint` (the rig's) → configured:

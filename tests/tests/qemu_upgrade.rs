@@ -14,11 +14,12 @@
 //! guard drops, also when an assertion fails.
 
 use basalt_boards::Board;
-use basalt_image::bundle::{generate_signing_key, verifying_key_base64, verifying_key_pem};
+use basalt_image::bundle::{verifying_key_base64, verifying_key_pem};
+use basalt_tests::image_cache::run_signing_key;
 use basalt_tests::loop_device::LoopDevice;
 use basalt_tests::{
     Fixture, Qemu, apply_config_insecure, build_image, ctl, free_port, gen_node_config,
-    maintenance_fingerprint, node_machined, ok, output_text, workspace_binary,
+    maintenance_fingerprint, node_machined, ok, output_text, repo, workspace_binary,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,10 +60,7 @@ fn upgrade_a_to_b_commit_then_back_to_a_and_rollback() {
     basalt_tests::require_qemu_arm64();
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-upgrade");
     std::fs::create_dir_all(&root).unwrap();
-    let key_file = root.join("signing.pem");
-    // a fresh key each run (the generator refuses to overwrite one)
-    let _ = std::fs::remove_file(&key_file);
-    let key = generate_signing_key(&key_file).unwrap();
+    let (key_file, key) = run_signing_key(&repo());
     let machined = node_machined();
     let board = || Board::load("qemu-arm64").unwrap();
     let v1: Fixture = build_image(

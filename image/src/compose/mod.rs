@@ -162,6 +162,15 @@ fn partition_requests(board: &Board) -> Vec<PartitionRequest> {
         .collect()
 }
 
+/// The disk layout of `board`'s image (the same for every build of the board).
+pub fn disk_plan(board: &Board) -> Result<DiskPlan, ComposeError> {
+    let table = match board.disk.table {
+        PartitionTable::Gpt => TableType::Gpt,
+        PartitionTable::Mbr => TableType::Mbr,
+    };
+    disk::plan(table, &partition_requests(board)).map_err(step("plan the disk layout"))
+}
+
 fn script_params(board: &Board, plan: &DiskPlan) -> Result<BootScriptParams, ComposeError> {
     let uboot = board
         .uboot
@@ -296,12 +305,7 @@ fn compose(
     let board = &req.board;
     let seed = format!("{} {}", board.name, req.version);
     let mtime = u32::try_from(req.epoch).unwrap_or(u32::MAX);
-    let table = match board.disk.table {
-        PartitionTable::Gpt => TableType::Gpt,
-        PartitionTable::Mbr => TableType::Mbr,
-    };
-    let plan =
-        disk::plan(table, &partition_requests(board)).map_err(step("plan the disk layout"))?;
+    let plan = disk_plan(board)?;
     let uefi = board.boot.family == BootloaderFamily::UefiSystemdBoot;
 
     // 1. inputs
