@@ -93,16 +93,17 @@ pub fn apply_live(
     outcome
 }
 
-/// Decodes and applies a stored configuration (one that was valid when it was stored).
+/// Decodes and applies a stored configuration (one that was valid when it was stored);
+/// returns it decoded.
 pub fn apply_stored(
     host: &dyn HostActions,
     api: &ApiControl,
     data: &[u8],
-) -> Result<(), NodeError> {
+) -> Result<Config, NodeError> {
     let (config, mut warnings) = parse_config(data)?;
     let settings = ApiSettings::from_config(&config, &mut warnings)?;
     let outcome = apply_live(host, api, &config, &settings);
-    outcome.api_error.map_or(Ok(()), Err)
+    outcome.api_error.map_or(Ok(config), Err)
 }
 
 #[cfg(test)]

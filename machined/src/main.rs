@@ -181,19 +181,20 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
     let mut hostname = None;
     let mut machine_config = None;
     let mut services = Vec::new();
+    let mut applied_version = 0;
     let api = match config.current()? {
         Some(stored) => {
-            match machined::services::spec::from_config_text(&String::from_utf8_lossy(&stored.data))
-            {
-                Ok(s) => services = s,
-                Err(e) => console(&state_dir, &format!("services not started: {e}")),
-            }
+            applied_version = stored.version;
             let parsed = settings::parse_config(&stored.data).and_then(|(config, mut warnings)| {
                 let api = settings::ApiSettings::from_config(&config, &mut warnings)?;
                 Ok((config, api))
             });
             match parsed {
                 Ok((config, settings)) => {
+                    match machined::services::spec::from_config(&config) {
+                        Ok(s) => services = s,
+                        Err(e) => console(&state_dir, &format!("services not started: {e}")),
+                    }
                     network_config = config.network.clone();
                     hostname = settings.hostname.clone();
                     machine_config = Some(config);
@@ -258,25 +259,26 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         audit,
         api: Arc::new(api),
     }));
-    if let Some(config) = &machine_config {
-        for warning in config_apply::apply_machine(node.host.as_ref(), config) {
+    if let Some(config) = machine_config {
+        for warning in config_apply::apply_machine(node.host.as_ref(), &config) {
             console(&state_dir, &warning);
         }
+        node.applied.publish(applied_version, config);
     }
     let status = Arc::new(machined::resources::StatusController {
         store: node.resources.clone(),
         host: node.host.clone(),
         services: node.services.clone(),
-        config: state::ConfigStore::open(&state_dir)?,
-        decoded: std::sync::Mutex::new(None),
+        config: node.applied.watch(),
     });
     tokio::spawn(status.run(std::time::Duration::from_secs(1)));
     if args.reconcile_interval > 0 {
         let reconciler = Arc::new(reconcile::Reconciler::new(
             node.host.clone(),
+            node.applied.watch(),
             &state_dir,
             Some(node.events.clone() as Arc<dyn reconcile::DriftSink>),
-        )?);
+        ));
         tokio::spawn(reconciler.run(std::time::Duration::from_secs(args.reconcile_interval)));
     }
     let network_interval = std::time::Duration::from_secs(args.reconcile_interval.max(1));
@@ -290,7 +292,7 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
     if args.time_sync_interval > 0 {
         let time_sync = Arc::new(machined::time_sync::TimeSync {
             host: node.host.clone(),
-            config: state::ConfigStore::open(&state_dir)?,
+            config: node.applied.watch(),
             resources: node.resources.clone(),
             events: node.events.clone(),
             state_dir: state_dir.clone(),
@@ -431,6 +433,7 @@ fn start_network(
     let dir = state_dir.to_path_buf();
     let resources = node.resources.clone();
     let events = node.events.clone();
+    let config = node.applied.watch();
     tokio::spawn(async move {
         let log_dir = dir.clone();
         let log = move |m: &str| console(&log_dir, m);
@@ -457,10 +460,6 @@ fn start_network(
             }
         }
         let Some(interval) = interval else { return };
-        let config = match state::ConfigStore::open(&dir) {
-            Ok(c) => c,
-            Err(e) => return console(&dir, &format!("network controller: {e}")),
-        };
         let controller = Arc::new(network::controller::NetworkController {
             network: net,
             config,

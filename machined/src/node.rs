@@ -142,6 +142,8 @@ pub struct Node {
     pub resources: Arc<crate::resources::ResourceStore>,
     /// The service supervisor.
     pub services: Arc<crate::services::Supervisor>,
+    /// The applied configuration, decoded once, for the controllers to watch.
+    pub applied: crate::config_watch::ConfigPublisher,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
     apply_lock: tokio::sync::Mutex<()>,
     /// Bumped by every apply that starts or ends a trial: a trial's revert timer acts only
@@ -200,6 +202,7 @@ impl Node {
             events,
             resources: Arc::default(),
             services,
+            applied: crate::config_watch::ConfigPublisher::default(),
             apply_lock: tokio::sync::Mutex::new(()),
             trial_generation: AtomicU64::new(0),
         }
@@ -289,6 +292,10 @@ impl Node {
         let live =
             crate::config_apply::apply_live(self.host.as_ref(), &self.api, &config, &settings);
         outcome.warnings.extend(live.warnings);
+        if live.api_error.is_none() {
+            self.reconcile_services(&config).await;
+        }
+        self.applied.publish(outcome.version, config);
         outcome.message = format!("stored as version {}", outcome.version);
         if was_maintenance {
             notes.push("maintenance mode ended, the API now requires mutual TLS".into());
@@ -322,10 +329,11 @@ impl Node {
             Ok(Some((version, data))) => {
                 let applied =
                     crate::config_apply::apply_stored(self.host.as_ref(), &self.api, &data);
-                if applied.is_ok() {
-                    self.reconcile_services(&data).await;
+                if let Ok(config) = &applied {
+                    self.reconcile_services(config).await;
+                    self.applied.publish(version, config.clone());
                 }
-                match applied {
+                match applied.map(|_| ()) {
                     Ok(()) => format!(
                         "configuration trial not confirmed within {}s: previous configuration restored as version {version}",
                         timeout.as_secs()

@@ -7,9 +7,8 @@ impl Node {
     /// Makes the supervised services match the `ServiceConfig` of `config` (an applied
     /// configuration); a problem is logged and published, the running services stay as
     /// they are.
-    pub async fn reconcile_services(&self, config: &[u8]) {
-        let text = String::from_utf8_lossy(config);
-        let result = match crate::services::spec::from_config_text(&text) {
+    pub async fn reconcile_services(&self, config: &basalt_config::Config) {
+        let result = match crate::services::spec::from_config(config) {
             Ok(specs) => self.services.reconcile(specs).await,
             Err(e) => Err(e),
         };

@@ -4,8 +4,8 @@
 //!
 //! A round is two steps, like the rest of machined: [`plan`] reads the host and returns the
 //! corrections without changing anything (pure with respect to the host), then [`correct`]
-//! performs them. [`Reconciler`] runs rounds in the background against the configuration
-//! stored on STATE (so a TRY trial or its revert is picked up by the next round) and
+//! performs them. [`Reconciler`] runs rounds in the background against the applied
+//! configuration it watches (so a TRY trial or its revert is picked up by the next round) and
 //! reports each correction as a console line and to a caller-supplied sink (the event bus).
 //! A failure that repeats (a module that cannot be loaded) is reported once, not every
 //! round.
@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use basalt_config::Config;
 
+use crate::config_watch::ConfigWatch;
 use crate::host::{HostActions, HostError, HostValue};
 
 /// The default time between two rounds on a node.
@@ -212,10 +213,10 @@ pub trait DriftSink: Send + Sync {
     fn drift(&self, correction: &Correction, result: Result<(), String>);
 }
 
-/// Runs reconciliation rounds against the stored configuration.
+/// Runs reconciliation rounds against the applied configuration.
 pub struct Reconciler {
     host: Arc<dyn HostActions>,
-    config: crate::state::ConfigStore,
+    config: ConfigWatch,
     state_dir: std::path::PathBuf,
     sink: Option<Arc<dyn DriftSink>>,
     /// Failures already reported, so a persistent one is not repeated every round.
@@ -223,37 +224,29 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// A reconciler of the configuration in `state_dir`'s store against `host`.
+    /// A reconciler of the applied configuration (`config`) against `host`; console lines
+    /// go to `state_dir`'s log.
     pub fn new(
         host: Arc<dyn HostActions>,
+        config: ConfigWatch,
         state_dir: &std::path::Path,
         sink: Option<Arc<dyn DriftSink>>,
-    ) -> Result<Self, crate::state::StateError> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             host,
-            config: crate::state::ConfigStore::open(state_dir)?,
+            config,
             state_dir: state_dir.to_path_buf(),
             sink,
             reported: std::sync::Mutex::new(BTreeSet::new()),
-        })
+        }
     }
 
     /// One round: returns the corrections made (failed ones included).
     pub fn round(&self) -> Vec<(Correction, Result<(), HostError>)> {
-        let stored = match self.config.current() {
-            Ok(Some(stored)) => stored,
-            Ok(None) => return Vec::new(),
-            Err(e) => {
-                self.report_once(format!("reconcile: reading the configuration: {e}"));
-                return Vec::new();
-            }
-        };
-        let Ok((config, _)) = crate::settings::parse_config(&stored.data) else {
-            // Stored configurations were valid when stored; one that no longer parses
-            // (older machined schema) is reported at start, not every round.
+        let Some(applied) = self.config.peek() else {
             return Vec::new();
         };
-        let corrections = match plan(&config, self.host.as_ref()) {
+        let corrections = match plan(&applied.config, self.host.as_ref()) {
             Ok(c) => c,
             Err(e) => {
                 self.report_once(format!("reconcile: reading the host: {e}"));
@@ -343,11 +336,8 @@ mod tests {
     fn a_round_corrects_drift_from_outside() {
         let dir = tempfile::tempdir().unwrap();
         let host: Arc<DevHost> = Arc::new(DevHost::new(dir.path()));
-        crate::state::ConfigStore::open(dir.path())
-            .unwrap()
-            .store(CONFIG.as_bytes())
-            .unwrap();
-        let r = Reconciler::new(host.clone(), dir.path(), None).unwrap();
+        let watch = ConfigWatch::fixed(1, config());
+        let r = Reconciler::new(host.clone(), watch, dir.path(), None);
         assert_eq!(r.round().len(), 5);
         assert!(r.round().is_empty());
         // Somebody changes the hostname and a sysctl behind machined's back.

@@ -201,10 +201,8 @@ pub struct StatusController {
     pub host: Arc<dyn HostActions>,
     /// The supervisor listed.
     pub services: Arc<crate::services::Supervisor>,
-    /// The configuration store read.
-    pub config: crate::state::ConfigStore,
-    /// The last configuration decoded, by version: decoded again only when it changes.
-    pub decoded: Mutex<Option<(u64, basalt_config::Config)>>,
+    /// The applied configuration.
+    pub config: crate::config_watch::ConfigWatch,
 }
 
 impl StatusController {
@@ -227,18 +225,13 @@ impl StatusController {
         self.store
             .set_type("services", "ServiceStatus", OWNER, services);
 
-        let stored = self.config.current().ok().flatten();
-        let config = stored.as_ref().and_then(|s| {
-            crate::settings::parse_config(&s.data)
-                .ok()
-                .map(|(c, _)| (s, c))
-        });
+        let applied = self.config.peek();
         let read = |v: HostValue| self.host.read(&v).ok().flatten();
         let mut hostname = BTreeMap::new();
         hostname.insert(
             "hostname".to_string(),
             json!({"hostname": read(HostValue::Hostname).unwrap_or_default(),
-                "want": config.as_ref().map(|(_, c)| c.machine.hostname.clone())}),
+                "want": applied.as_ref().map(|a| a.config.machine.hostname.clone())}),
         );
         self.store.set_type("machine", "Hostname", OWNER, hostname);
         let (mut sysctls, mut modules, mut files, mut current) = (
@@ -247,7 +240,8 @@ impl StatusController {
             BTreeMap::new(),
             BTreeMap::new(),
         );
-        if let Some((stored, config)) = &config {
+        if let Some(applied) = &applied {
+            let config = &applied.config;
             for (key, want) in &config.machine.sysctls {
                 let value = read(HostValue::Sysctl(key.clone()));
                 sysctls.insert(key.clone(), json!({"value": value, "want": want}));
@@ -279,7 +273,7 @@ impl StatusController {
             }
             current.insert(
                 "current".to_string(),
-                json!({"version": stored.version, "hostname": config.machine.hostname,
+                json!({"version": applied.version, "hostname": config.machine.hostname,
                     "cluster": config.machine.cluster}),
             );
         }

@@ -200,8 +200,8 @@ pub async fn query(
 pub struct TimeSync {
     /// The host whose clock is stepped.
     pub host: Arc<dyn HostActions>,
-    /// The configuration store (servers are read from the current config at each poll).
-    pub config: crate::state::ConfigStore,
+    /// The applied configuration (servers are read from the latest at each poll).
+    pub config: crate::config_watch::ConfigWatch,
     /// Where the status is published.
     pub resources: Arc<crate::resources::ResourceStore>,
     /// Where steps are reported.
@@ -212,11 +212,9 @@ pub struct TimeSync {
 
 impl TimeSync {
     fn servers(&self) -> Vec<String> {
-        let Ok(Some(stored)) = self.config.current() else {
-            return Vec::new();
-        };
-        crate::settings::parse_config(&stored.data)
-            .map(|(c, _)| c.machine.time_servers)
+        self.config
+            .peek()
+            .map(|a| a.config.machine.time_servers.clone())
             .unwrap_or_default()
     }
 

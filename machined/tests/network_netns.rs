@@ -54,14 +54,16 @@ async fn scenario() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let store = machined::state::ConfigStore::open(dir.path()).unwrap();
-    store
-        .store(format!("{MACHINE}{}", network_doc("10.9.0.1/24", true)).as_bytes())
-        .unwrap();
+    let applied = machined::config_watch::ConfigPublisher::default();
+    let decode = |text: String| basalt_config::Config::from_yaml(&text).unwrap();
+    applied.publish(
+        1,
+        decode(format!("{MACHINE}{}", network_doc("10.9.0.1/24", true))),
+    );
     let resources = Arc::new(machined::resources::ResourceStore::default());
     let controller = NetworkController {
         network: Network::connect().unwrap(),
-        config: machined::state::ConfigStore::open(dir.path()).unwrap(),
+        config: applied.watch(),
         resources: resources.clone(),
         events: Arc::new(machined::events::EventBus::new(100)),
         state_dir: dir.path().to_path_buf(),
@@ -131,9 +133,10 @@ async fn scenario() {
     );
 
     // A new configuration: another address, no route. machined removes what it had set.
-    store
-        .store(format!("{MACHINE}{}", network_doc("10.9.0.5/24", false)).as_bytes())
-        .unwrap();
+    applied.publish(
+        2,
+        decode(format!("{MACHINE}{}", network_doc("10.9.0.5/24", false))),
+    );
     let done = controller.round().await.unwrap();
     assert_eq!(
         done,

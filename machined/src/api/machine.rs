@@ -186,9 +186,6 @@ impl MachineService for MachineApi {
             self.node
                 .events
                 .publish(EventKind::Config, "config", outcome.message.clone());
-            if outcome.mode != ApplyMode::Staged {
-                self.node.reconcile_services(&r.data).await;
-            }
         }
         Ok(Response::new(pb::ApplyConfigurationResponse {
             mode: mode_to_proto(outcome.mode),

@@ -426,12 +426,12 @@ fn route_from(msg: &RouteMessage, name_of: &dyn Fn(u32) -> Option<String>) -> Op
     })
 }
 
-/// Runs network rounds against the stored configuration.
+/// Runs network rounds against the applied configuration.
 pub struct NetworkController {
     /// The netlink handle.
     pub network: Network,
-    /// Stored configuration.
-    pub config: crate::state::ConfigStore,
+    /// The applied configuration.
+    pub config: crate::config_watch::ConfigWatch,
     /// Resources published.
     pub resources: Arc<crate::resources::ResourceStore>,
     /// Corrections reported.
@@ -451,13 +451,7 @@ pub struct NetworkController {
 impl NetworkController {
     /// What the current configuration and the DHCP leases want on `links`.
     pub fn wanted(&self, links: &[Link]) -> Result<Wanted, NetworkError> {
-        let config = self
-            .config
-            .current()
-            .ok()
-            .flatten()
-            .and_then(|s| crate::settings::parse_config(&s.data).ok())
-            .and_then(|(c, _)| c.network);
+        let config = self.config.peek().and_then(|a| a.config.network.clone());
         let plan = plan(links, config.as_ref())?;
         let leases = self.network.leases();
         let mut wanted = Wanted::default();

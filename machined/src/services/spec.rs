@@ -2,8 +2,8 @@
 //! order they start.
 
 use super::ServiceError;
-use basalt_config::schema::{RestartPolicy, ServiceConfig};
-use serde::Deserialize;
+use basalt_config::Config;
+use basalt_config::schema::RestartPolicy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -76,31 +76,16 @@ impl Tuning {
     }
 }
 
-/// The services of a configuration's `ServiceConfig` document (none when it has none),
-/// checked as a whole: valid programs, known dependencies, no cycle.
-pub fn from_config_text(text: &str) -> Result<Vec<ServiceSpec>, ServiceError> {
-    let mut found = None;
-    for de in yaml_serde::Deserializer::from_str(text) {
-        let mut value =
-            yaml_serde::Value::deserialize(de).map_err(|e| ServiceError::Config(e.to_string()))?;
-        let Some(map) = value.as_mapping_mut() else {
-            continue;
-        };
-        if map.get("kind").and_then(|k| k.as_str()) != Some("ServiceConfig") {
-            continue;
-        }
-        map.remove("kind");
-        map.remove("apiVersion");
-        let config: ServiceConfig =
-            yaml_serde::from_value(value).map_err(|e| ServiceError::Config(e.to_string()))?;
-        found = Some(config);
-    }
-    let Some(config) = found else {
+/// The services of a decoded configuration's `ServiceConfig` document (none when it has
+/// none), checked as a whole: valid programs, known dependencies, no cycle.
+pub fn from_config(config: &Config) -> Result<Vec<ServiceSpec>, ServiceError> {
+    let Some(services) = &config.services else {
         return Ok(Vec::new());
     };
-    let specs = config
+    let specs = services
         .services
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|s| {
             let command = match (s.command, s.image) {
                 (Some(c), None) => c,
@@ -226,27 +211,31 @@ mod tests {
         assert!(e.contains("unknown service \"zz\""), "{e}");
     }
 
+    const MACHINE: &str = "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: n1\n";
+
+    fn with_services(services: &str) -> Config {
+        Config::from_yaml(&format!(
+            "{MACHINE}---\napiVersion: basalt.dev/v1alpha1\nkind: ServiceConfig\nservices:\n{services}"
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn reads_the_service_config_document() {
-        let text = "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nmachine: {}\n---\n\
-            apiVersion: basalt.dev/v1alpha1\nkind: ServiceConfig\nservices:\n  - name: web\n    \
-            command: /bin/sh\n    args: [-c, 'echo hi']\n    restart: onFailure\n    dependsOn: [db]\n  \
-            - name: db\n    command: /bin/sleep\n    args: ['100']\n";
-        let specs = from_config_text(text).unwrap();
+        let config = with_services(
+            "  - name: web\n    command: /bin/sh\n    args: [-c, 'echo hi']\n    \
+             restart: onFailure\n    dependsOn: [db]\n  - name: db\n    command: /bin/sleep\n    \
+             args: ['100']\n",
+        );
+        let specs = from_config(&config).unwrap();
         assert_eq!(specs.len(), 2);
         assert_eq!(specs[0].restart, Restart::OnFailure);
         assert_eq!(specs[0].depends_on, ["db"]);
-        assert!(
-            from_config_text("kind: MachineConfig\n")
-                .unwrap()
-                .is_empty()
-        );
-        let image = "kind: ServiceConfig\nservices:\n  - name: x\n    image: nginx:1\n";
-        let e = from_config_text(image).unwrap_err().to_string();
+        let none = Config::from_yaml(MACHINE).unwrap();
+        assert!(from_config(&none).unwrap().is_empty());
+        let image = with_services("  - name: x\n    image: nginx:1\n");
+        let e = from_config(&image).unwrap_err().to_string();
         assert!(e.contains("not supported yet"), "{e}");
-        let unknown =
-            "kind: ServiceConfig\nservices:\n  - name: x\n    command: /a\n    bogus: 1\n";
-        assert!(from_config_text(unknown).is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! [`UpgradeContext`] over machined's [`Node`]: the stored configuration's `UpdateConfig`,
+//! [`UpgradeContext`] over machined's [`Node`]: the applied configuration's `UpdateConfig`,
 //! the node's bootloader (behind its `Bootloader` trait), the reboot through
 //! `HostActions`, and the console log.
 
@@ -14,11 +14,10 @@ pub struct NodeContext(pub Arc<Node>);
 
 impl UpgradeContext for NodeContext {
     fn trust(&self) -> Result<Option<UpdateTrust>, String> {
-        let Some(stored) = self.0.config.current().map_err(|e| e.to_string())? else {
+        let Some(applied) = self.0.applied.latest() else {
             return Ok(None);
         };
-        let text = String::from_utf8_lossy(&stored.data);
-        UpdateTrust::from_config_yaml(&text)
+        UpdateTrust::from_config(&applied.config)
             .map(Some)
             .map_err(|e| e.to_string())
     }

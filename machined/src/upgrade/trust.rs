@@ -2,19 +2,17 @@
 //! the default number of boot tries, from its `UpdateConfig` document
 //! (`basalt_config::schema::UpdateConfig`).
 //!
-//! Only that document is decoded (strictly, as `basalt-config` defines it); the other
-//! documents are left to their readers. No `UpdateConfig`, or one without
+//! It reads the configuration `basalt-config` decoded (strictly) when it was applied. No
+//! `UpdateConfig`, or one without
 //! `trustedSigningKeys`, means no bundle can be trusted: the engine refuses every upgrade.
 
-use basalt_config::schema::{DEFAULT_TRIES, UpdateConfig};
+use basalt_config::Config;
+use basalt_config::schema::DEFAULT_TRIES;
 use basalt_image::bundle::{VerifyingKey, parse_verifying_key};
 
 /// Why the update settings could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    /// The configuration is not YAML, or its UpdateConfig does not decode.
-    #[error("machine config: UpdateConfig: {0}")]
-    Decode(String),
     /// A trusted key is not an Ed25519 public key.
     #[error("machine config: UpdateConfig.trustedSigningKeys[{index}]: {message}")]
     Key {
@@ -44,40 +42,26 @@ impl Default for UpdateTrust {
 }
 
 impl UpdateTrust {
-    /// Reads the `UpdateConfig` document of a multi-document machine configuration.
-    pub fn from_config_yaml(text: &str) -> Result<UpdateTrust, TrustError> {
-        use serde::Deserialize;
-        for de in yaml_serde::Deserializer::from_str(text) {
-            let value = yaml_serde::Value::deserialize(de)
-                .map_err(|e| TrustError::Decode(e.to_string()))?;
-            let Some(map) = value.as_mapping() else {
-                continue;
-            };
-            if map.get("kind").and_then(|k| k.as_str()) != Some("UpdateConfig") {
-                continue;
-            }
-            let mut body = map.clone();
-            body.remove("kind");
-            body.remove("apiVersion");
-            let update: UpdateConfig = yaml_serde::from_value(yaml_serde::Value::Mapping(body))
-                .map_err(|e| TrustError::Decode(e.to_string()))?;
-            let keys = update
-                .trusted_signing_keys
-                .iter()
-                .enumerate()
-                .map(|(index, k)| {
-                    parse_verifying_key(k).map_err(|e| TrustError::Key {
-                        index,
-                        message: e.to_string(),
-                    })
+    /// The trust settings of a decoded configuration's `UpdateConfig` document.
+    pub fn from_config(config: &Config) -> Result<UpdateTrust, TrustError> {
+        let Some(update) = &config.update else {
+            return Ok(UpdateTrust::default());
+        };
+        let keys = update
+            .trusted_signing_keys
+            .iter()
+            .enumerate()
+            .map(|(index, k)| {
+                parse_verifying_key(k).map_err(|e| TrustError::Key {
+                    index,
+                    message: e.to_string(),
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            return Ok(UpdateTrust {
-                keys,
-                tries: update.tries,
-            });
-        }
-        Ok(UpdateTrust::default())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(UpdateTrust {
+            keys,
+            tries: update.tries,
+        })
     }
 }
 
@@ -85,8 +69,7 @@ impl UpdateTrust {
 mod tests {
     use super::*;
 
-    const MACHINE: &str =
-        "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  id: n1\n";
+    const MACHINE: &str = "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: n1\n";
 
     #[test]
     fn reads_keys_and_tries() {
@@ -95,14 +78,14 @@ mod tests {
         let text = format!(
             "{MACHINE}---\napiVersion: basalt.dev/v1alpha1\nkind: UpdateConfig\nchannel: https://updates.invalid/\ntrustedSigningKeys:\n  - {b64}\ntries: 5\n"
         );
-        let t = UpdateTrust::from_config_yaml(&text).unwrap();
+        let t = UpdateTrust::from_config(&Config::from_yaml(&text).unwrap()).unwrap();
         assert_eq!(t.keys, vec![key]);
         assert_eq!(t.tries, 5);
     }
 
     #[test]
     fn missing_document_means_no_keys() {
-        let t = UpdateTrust::from_config_yaml(MACHINE).unwrap();
+        let t = UpdateTrust::from_config(&Config::from_yaml(MACHINE).unwrap()).unwrap();
         assert!(t.keys.is_empty());
         assert_eq!(t.tries, DEFAULT_TRIES);
     }
@@ -112,7 +95,7 @@ mod tests {
         let text = format!(
             "{MACHINE}---\napiVersion: basalt.dev/v1alpha1\nkind: UpdateConfig\nchannel: x\ntrustedSigningKeys: [notakey]\n"
         );
-        let e = UpdateTrust::from_config_yaml(&text)
+        let e = UpdateTrust::from_config(&Config::from_yaml(&text).unwrap())
             .unwrap_err()
             .to_string();
         assert!(e.contains("trustedSigningKeys[0]"), "{e}");
