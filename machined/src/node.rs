@@ -73,6 +73,18 @@ pub enum NodeError {
     /// The request is malformed.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The call was authorized by an API listener that has been replaced since (the switch
+    /// out of maintenance mode, or new TLS material).
+    #[error(
+        "the API listener changed while this call was in flight (authorized in generation \
+         {accepted_in}, now {now}): reconnect with the node's current credentials"
+    )]
+    Superseded {
+        /// The generation the call was authorized in.
+        accepted_in: u64,
+        /// The generation now.
+        now: u64,
+    },
     /// A rollback to a slot that was never written (a fresh disk holds only slot A; its
     /// bootloader may still list B by default).
     #[error("cannot roll back to slot {slot}: {device} holds no system image (never written)")]
@@ -208,12 +220,18 @@ impl Node {
         }
     }
 
-    /// Validates, diffs, stores and applies a configuration.
+    /// Validates, diffs, stores and applies a configuration. `accepted_in` is the API
+    /// listener generation the call was authorized in (`None` for callers that are not API
+    /// calls): a call authorized before the listener switched (the first apply in
+    /// maintenance mode ends it, new TLS material restarts it) is refused once the switch
+    /// has happened, so that a second unauthenticated apply racing the first one cannot
+    /// replace its configuration.
     pub async fn apply_config(
         self: &Arc<Self>,
         data: &[u8],
         mode: ApplyMode,
         dry_run: bool,
+        accepted_in: Option<u64>,
     ) -> Result<ApplyOutcome, NodeError> {
         let (config, mut warnings) = parse_config(data)?;
         let settings = ApiSettings::from_config(&config, &mut warnings)?;
@@ -221,11 +239,22 @@ impl Node {
         crate::api::tls::mtls_server_config(&settings)
             .map_err(|e| NodeError::InvalidConfig(e.to_string()))?;
         let _guard = self.apply_lock.lock().await;
+        if let Some(generation) = accepted_in {
+            let now = self.api.current().generation;
+            if now != generation {
+                return Err(NodeError::Superseded {
+                    accepted_in: generation,
+                    now,
+                });
+            }
+        }
         let current = self.config.current()?;
-        let old = current
-            .as_ref()
-            .map(|c| String::from_utf8_lossy(&c.data).into_owned())
-            .unwrap_or_default();
+        // In maintenance mode the caller is not authenticated: the diff is against nothing,
+        // so that a stored configuration (one that could not be used) is never shown.
+        let old = match &current {
+            Some(c) if !self.api.is_maintenance() => String::from_utf8_lossy(&c.data).into_owned(),
+            _ => String::new(),
+        };
         let text = String::from_utf8_lossy(data);
         let diff =
             similar::TextDiff::from_lines(redact_private_keys(&old), redact_private_keys(&text))

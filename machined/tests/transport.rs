@@ -108,7 +108,7 @@ async fn tls_1_2_clients_are_refused() {
 }
 
 #[tokio::test]
-async fn maintenance_mode_serves_reads_and_apply_then_requires_mutual_tls() {
+async fn maintenance_mode_serves_version_and_apply_then_requires_mutual_tls() {
     let fx = Fixture::new();
     let state = fx.state_dir("maint");
     let node = Machined::start(&state);
@@ -133,12 +133,46 @@ async fn maintenance_mode_serves_reads_and_apply_then_requires_mutual_tls() {
         .unwrap()
         .into_inner();
     assert!(v.maintenance && v.machine_id.is_empty());
-    c.machine
-        .boot_status(pb::BootStatusRequest {})
-        .await
-        .unwrap();
-    c.machine.stats(pb::StatsRequest {}).await.unwrap();
+    // Only Version and ApplyConfiguration: no reads either (an unauthenticated caller on
+    // the network learns nothing about the machine beyond its version).
     for (rpc, r) in [
+        (
+            "BootStatus",
+            c.machine
+                .boot_status(pb::BootStatusRequest {})
+                .await
+                .map(drop),
+        ),
+        (
+            "Stats",
+            c.machine.stats(pb::StatsRequest {}).await.map(drop),
+        ),
+        (
+            "Processes",
+            c.machine
+                .processes(pb::ProcessesRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "Logs",
+            c.machine.logs(pb::LogsRequest::default()).await.map(drop),
+        ),
+        (
+            "Dmesg",
+            c.machine.dmesg(pb::DmesgRequest::default()).await.map(drop),
+        ),
+        (
+            "Events",
+            c.machine
+                .events(pb::EventsRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "audit Query",
+            c.audit.query(QueryRequest::default()).await.map(drop),
+        ),
         (
             "Reboot",
             c.machine
@@ -325,5 +359,62 @@ async fn audit_trail_records_allowed_and_denied_calls_without_secrets() {
     }
     assert!(
         !text.contains("PRIVATE KEY") && !text.contains(fx.server.key_pem.lines().nth(1).unwrap())
+    );
+}
+
+/// The first apply in maintenance mode ends it for good: an apply that was authorized in
+/// maintenance mode (same listener generation) but reaches the node after the switch is
+/// refused, and the configuration stays the first one. Driven through `Node` directly, so
+/// that the second call is certainly "in flight" across the switch.
+#[tokio::test]
+async fn an_apply_authorized_before_the_switch_is_refused_after_it() {
+    use basalt_bootloader::uboot_backend::UbootBootloader;
+    use basalt_bootloader::{Bootloader, Slot};
+    use machined::api::{ApiControl, tls::MaintenanceCert};
+    use machined::node::{ApplyMode, Node, NodeError, NodeParts};
+    let fx = Fixture::new();
+    let state = fx.state_dir("race");
+    let cert = MaintenanceCert::generate(vec!["127.0.0.1".into()]).unwrap();
+    let node = Arc::new(Node::new(NodeParts {
+        dev: true,
+        state_dir: state.clone(),
+        config: machined::state::ConfigStore::open(&state).unwrap(),
+        host: Arc::new(machined::host::DevHost::new(&state)),
+        boot: (
+            Box::new(UbootBootloader::in_memory(Some(Slot::A))) as Box<dyn Bootloader + Send>,
+            "memory".into(),
+        ),
+        audit: Arc::new(machined::audit::AuditLog::open(&state.join("audit"), 1 << 20, 2).unwrap()),
+        api: Arc::new(ApiControl::maintenance(&cert).unwrap()),
+    }));
+    let maintenance = node.api.current().generation;
+    let first = node
+        .apply_config(
+            fx.config_yaml.as_bytes(),
+            ApplyMode::Auto,
+            false,
+            Some(maintenance),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.version, 1);
+    assert!(!node.api.is_maintenance());
+    let other = fx
+        .config_yaml
+        .replace("hostname: node-1", "hostname: intruder");
+    let e = node
+        .apply_config(other.as_bytes(), ApplyMode::Auto, false, Some(maintenance))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NodeError::Superseded { .. }), "{e}");
+    assert!(e.to_string().contains("reconnect"), "{e}");
+    let (current, _) = node.get_config().unwrap();
+    assert_eq!(
+        (current.version, current.data),
+        (1, fx.config_yaml.clone().into_bytes())
+    );
+    assert_eq!(
+        node.applied.latest().unwrap().config.machine.hostname,
+        "node-1"
     );
 }

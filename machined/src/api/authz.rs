@@ -16,8 +16,10 @@
 //! | `basalt:admin` | configuration, reset, and reading the configuration (it holds keys) |
 //!
 //! Maintenance mode (no configuration yet, no client certificates): only the rows marked
-//! `maintenance: true` are served, to anyone: read-only RPCs and ApplyConfiguration.
-//! GetConfiguration is the exception among reads: a staged configuration holds keys.
+//! `maintenance: true` are served, to anyone on the network: `Version` (to check the node
+//! and its fingerprint) and `ApplyConfiguration` (to end maintenance mode). Nothing else:
+//! logs, kernel messages, processes, events, resources and the audit log tell an
+//! unauthenticated caller more about the machine than it needs to configure it.
 
 use crate::api::token::Scope;
 use tonic::Code;
@@ -88,27 +90,27 @@ pub const RULES: &[Rule] = rules! {
     "basalt.machine.v1.MachineService" / "Reboot" => OPERATORS, maintenance: false;
     "basalt.machine.v1.MachineService" / "Shutdown" => OPERATORS, maintenance: false;
     "basalt.machine.v1.MachineService" / "Reset" => ADMINS, maintenance: false;
-    "basalt.machine.v1.MachineService" / "BootStatus" => READERS, maintenance: true;
+    "basalt.machine.v1.MachineService" / "BootStatus" => READERS, maintenance: false;
     "basalt.machine.v1.MachineService" / "Rollback" => OPERATORS, maintenance: false;
-    "basalt.machine.v1.MachineService" / "ServiceList" => READERS, maintenance: true;
+    "basalt.machine.v1.MachineService" / "ServiceList" => READERS, maintenance: false;
     "basalt.machine.v1.MachineService" / "ServiceStart" => OPERATORS, maintenance: false;
     "basalt.machine.v1.MachineService" / "ServiceStop" => OPERATORS, maintenance: false;
     "basalt.machine.v1.MachineService" / "ServiceRestart" => OPERATORS, maintenance: false;
-    "basalt.machine.v1.MachineService" / "Logs" => READERS, maintenance: true;
-    "basalt.machine.v1.MachineService" / "Dmesg" => READERS, maintenance: true;
-    "basalt.machine.v1.MachineService" / "Events" => READERS, maintenance: true;
-    "basalt.machine.v1.MachineService" / "Stats" => READERS, maintenance: true;
-    "basalt.machine.v1.MachineService" / "Processes" => READERS, maintenance: true;
-    "basalt.machine.v1.MachineService" / "Mounts" => READERS, maintenance: true;
-    "basalt.machine.v1.MachineService" / "Disks" => READERS, maintenance: true;
+    "basalt.machine.v1.MachineService" / "Logs" => READERS, maintenance: false;
+    "basalt.machine.v1.MachineService" / "Dmesg" => READERS, maintenance: false;
+    "basalt.machine.v1.MachineService" / "Events" => READERS, maintenance: false;
+    "basalt.machine.v1.MachineService" / "Stats" => READERS, maintenance: false;
+    "basalt.machine.v1.MachineService" / "Processes" => READERS, maintenance: false;
+    "basalt.machine.v1.MachineService" / "Mounts" => READERS, maintenance: false;
+    "basalt.machine.v1.MachineService" / "Disks" => READERS, maintenance: false;
     "basalt.machine.v1.MachineService" / "Upgrade" => ADMINS, maintenance: false;
     "basalt.machine.v1.MachineService" / "UpgradeFromUrl" => ADMINS, maintenance: false;
-    "basalt.machine.v1.MachineService" / "UpgradeStatus" => READERS, maintenance: true;
+    "basalt.machine.v1.MachineService" / "UpgradeStatus" => READERS, maintenance: false;
     "basalt.machine.v1.MachineService" / "UpgradePlan" => ADMINS, maintenance: false;
-    "basalt.resource.v1.ResourceService" / "Get" => READERS, maintenance: true;
-    "basalt.resource.v1.ResourceService" / "List" => READERS, maintenance: true;
-    "basalt.resource.v1.ResourceService" / "Watch" => READERS, maintenance: true;
-    "basalt.audit.v1.AuditService" / "Query" => OPERATORS, maintenance: true;
+    "basalt.resource.v1.ResourceService" / "Get" => READERS, maintenance: false;
+    "basalt.resource.v1.ResourceService" / "List" => READERS, maintenance: false;
+    "basalt.resource.v1.ResourceService" / "Watch" => READERS, maintenance: false;
+    "basalt.audit.v1.AuditService" / "Query" => OPERATORS, maintenance: false;
 };
 
 /// The row for `rpc`, if any.
@@ -258,22 +260,23 @@ mod tests {
     }
 
     #[test]
-    fn maintenance_serves_reads_and_apply_only() {
+    fn maintenance_serves_version_and_apply_only() {
         let m = "/basalt.machine.v1.MachineService/";
         assert!(decide_maintenance(&format!("{m}Version")).allowed);
         assert!(decide_maintenance(&format!("{m}ApplyConfiguration")).allowed);
-        assert!(!decide_maintenance(&format!("{m}Reboot")).allowed);
-        assert!(!decide_maintenance(&format!("{m}GetConfiguration")).allowed);
         assert!(!decide_maintenance("/x.Y/Z").allowed);
-        // Every mutating RPC except ApplyConfiguration is refused.
-        for rule in RULES.iter().filter(|r| r.maintenance) {
-            let read_only = rule.roles.contains(&Role::Reader) || rule.rpc.ends_with("/Query");
-            assert!(
-                read_only || rule.rpc.ends_with("/ApplyConfiguration"),
-                "{}",
-                rule.rpc
-            );
-        }
+        let served: Vec<&str> = RULES
+            .iter()
+            .map(|r| r.rpc)
+            .filter(|rpc| decide_maintenance(rpc).allowed)
+            .collect();
+        assert_eq!(
+            served,
+            [
+                "/basalt.machine.v1.MachineService/Version",
+                "/basalt.machine.v1.MachineService/ApplyConfiguration"
+            ]
+        );
     }
 
     #[test]

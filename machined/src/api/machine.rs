@@ -37,6 +37,7 @@ fn status(e: NodeError) -> Status {
         }
         NodeError::Unimplemented(_) => Status::unimplemented(e.to_string()),
         NodeError::NotFound(_) => Status::not_found(e.to_string()),
+        NodeError::Superseded { .. } => Status::unavailable(e.to_string()),
         NodeError::Bootloader(basalt_bootloader::BootloaderError::Refused(_))
         | NodeError::BlankSlot { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
@@ -177,9 +178,13 @@ impl MachineService for MachineApi {
                 r.dry_run
             ),
         );
+        let accepted_in = request
+            .extensions()
+            .get::<crate::api::tls::ConnInfo>()
+            .map(|c| c.generation);
         let outcome = self
             .node
-            .apply_config(&r.data, mode, r.dry_run)
+            .apply_config(&r.data, mode, r.dry_run, accepted_in)
             .await
             .map_err(status)?;
         if !r.dry_run {
