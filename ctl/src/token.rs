@@ -2,7 +2,9 @@
 //!
 //! The node trusts a token key by its id (`kid`) and raw public key (base64) in the machine
 //! configuration (`api.tokenKeys`). A token names its audience (machine id or cluster id),
-//! expiry and scopes: `role:admin|operator|reader` or `rpc:/pkg.Service/Method`.
+//! expiry and scopes: `role:admin|operator|reader` or `rpc:/pkg.Service/Method`. A token
+//! travels with a client certificate and narrows it: a call may do what both the
+//! certificate's role and the token's scopes allow, never more.
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};

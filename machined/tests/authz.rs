@@ -168,18 +168,18 @@ async fn implemented_rpcs_answer_with_real_data() {
 }
 
 #[tokio::test]
-async fn bearer_tokens_are_checked_and_decide_alone() {
+async fn bearer_tokens_are_checked_and_only_narrow() {
     let fx = Fixture::new();
     let node = fx.start_configured("tokens");
     let key = &fx.token_key;
     let sign = |aud: &str, scope: &str, exp: u64, jti: &str| {
         key.sign("ci", &[aud.to_string()], &[scope.to_string()], exp, jti)
     };
-    let reboot = |t: String| {
+    let reboot_as = |cert: &'static str, t: String| {
         let fx = &fx;
         let node = &node;
         async move {
-            let mut c = fx.connect(node, "reader", Some(t)).await.unwrap();
+            let mut c = fx.connect(node, cert, Some(t)).await.unwrap();
             code(
                 &c.machine
                     .reboot(pb::RebootRequest::default())
@@ -188,10 +188,21 @@ async fn bearer_tokens_are_checked_and_decide_alone() {
             )
         }
     };
-    // A valid operator token lets a reader certificate reboot (the token decides).
+    let reboot = |t: String| reboot_as("operator", t);
+    // A valid operator token with an operator certificate may reboot.
     assert_eq!(
         reboot(sign("node-1", "role:operator", now() + 600, "ok-1")).await,
         Code::Ok
+    );
+    // A token never widens the certificate: a reader certificate with an operator token
+    // may not reboot (the rights are the intersection).
+    assert_eq!(
+        reboot_as(
+            "reader",
+            sign("node-1", "role:operator", now() + 600, "widen")
+        )
+        .await,
+        Code::PermissionDenied
     );
     // A key bound to the cluster accepts the cluster id as audience, and only it.
     let fleet = |aud: &str, jti: &str| {

@@ -193,9 +193,31 @@ pub fn decide_roles(rpc: &str, subject: &str, roles: &[Role]) -> Decision {
     )
 }
 
-/// Decides a call made with a verified bearer token carrying `scopes`. A token decides
-/// alone: the roles of the certificate that carried it are not added (a token can narrow
-/// what an automation client may do, never widen it beyond what its issuer granted).
+/// Decides a call made over a client certificate (`subject`, `roles`) with a verified bearer
+/// token (`token_id`, `scopes`): the rights of the call are the certificate's roles
+/// intersected with the token's scopes. A token narrows what the certificate may do and
+/// never widens it: a reader certificate carrying an operator token may still only read.
+pub fn decide_certificate_and_token(
+    rpc: &str,
+    (subject, roles): (&str, &[Role]),
+    (token_id, scopes): (&str, &[Scope]),
+) -> Decision {
+    let by_certificate = decide_roles(rpc, subject, roles);
+    if !by_certificate.allowed {
+        return Decision::deny(
+            by_certificate.code,
+            format!("{} (a token cannot add rights)", by_certificate.reason),
+        );
+    }
+    let by_token = decide_scopes(rpc, token_id, scopes);
+    if !by_token.allowed {
+        return by_token;
+    }
+    Decision::allow(format!("{} and {}", by_certificate.reason, by_token.reason))
+}
+
+/// Decides what the scopes of a verified bearer token allow (one side of
+/// [`decide_certificate_and_token`]).
 pub fn decide_scopes(rpc: &str, token_id: &str, scopes: &[Scope]) -> Decision {
     let Some(rule) = rule(rpc) else {
         return unknown(rpc);
@@ -288,6 +310,24 @@ mod tests {
         assert!(!decide_roles(reboot, "CN=none", &[]).allowed);
         assert!(!decide_roles("/unknown/Rpc", "CN=a", &[Role::Admin]).allowed);
         assert!(decide_scopes(reboot, "t", &[Scope::Role(Role::Operator)]).allowed);
+        // a token narrows and never widens the certificate's roles
+        let operator_token = [Scope::Role(Role::Operator)];
+        let d =
+            decide_certificate_and_token(reboot, ("CN=r", &[Role::Reader]), ("t", &operator_token));
+        assert_eq!((d.allowed, d.code), (false, Code::PermissionDenied));
+        assert!(d.reason.contains("cannot add rights"), "{}", d.reason);
+        let reader_token = [Scope::Role(Role::Reader)];
+        let d =
+            decide_certificate_and_token(reboot, ("CN=a", &[Role::Admin]), ("t", &reader_token));
+        assert!(!d.allowed);
+        let d =
+            decide_certificate_and_token(reboot, ("CN=a", &[Role::Admin]), ("t", &operator_token));
+        assert!(d.allowed, "{}", d.reason);
+        let reset = "/basalt.machine.v1.MachineService/Reset";
+        assert!(
+            !decide_certificate_and_token(reset, ("CN=a", &[Role::Admin]), ("t", &operator_token))
+                .allowed
+        );
         assert!(decide_scopes(reboot, "t", &[Scope::Rpc(reboot.into())]).allowed);
         let version = "/basalt.machine.v1.MachineService/Version";
         assert!(!decide_scopes(reboot, "t", &[Scope::Rpc(version.into())]).allowed);

@@ -184,7 +184,14 @@ impl<S> Guard<S> {
                             .map(|d| d.as_secs())
                             .unwrap_or(0);
                         match verifier.verify(&t, now) {
-                            Ok(v) => (authz::decide_scopes(rpc, &v.id, &v.scopes), v.id),
+                            Ok(v) => (
+                                authz::decide_certificate_and_token(
+                                    rpc,
+                                    (&identity.subject, &identity.roles),
+                                    (&v.id, &v.scopes),
+                                ),
+                                v.id,
+                            ),
                             Err(e) => (
                                 Decision::deny(
                                     Code::Unauthenticated,
