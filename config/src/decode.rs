@@ -28,7 +28,9 @@ use serde::de::{
     self, DeserializeSeed, Deserializer, IgnoredAny, IntoDeserializer, MapAccess, Visitor,
 };
 
-use crate::schema::{Config, Kind, MachineConfig, NetworkConfig, ServiceConfig, UpdateConfig};
+use crate::schema::{
+    ApiConfig, Config, Kind, MachineConfig, NetworkConfig, ServiceConfig, UpdateConfig,
+};
 
 /// A position in the decoded text, both 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -182,6 +184,43 @@ impl Config {
             update,
             services,
         })
+    }
+}
+
+/// The identity and API section of a `MachineConfig`: everything else is ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MachineIdentity {
+    #[serde(default)]
+    hostname: String,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    api: ApiConfig,
+}
+
+impl Config {
+    /// Decodes only the `MachineConfig`'s `hostname`, `cluster` and `api` (strictly) and
+    /// ignores every other field and document: a config with just those, for a node whose
+    /// stored configuration no longer decodes as a whole (a damaged field, a schema a newer
+    /// release changed) but whose API must stay locked to its own CA.
+    pub fn identity_from_yaml(text: &str) -> Result<Config, DecodeError> {
+        let headers = yaml_serde::Deserializer::from_str(text);
+        let bodies = yaml_serde::Deserializer::from_str(text);
+        for (index, (header, body)) in headers.zip(bodies).enumerate() {
+            // A YAML error ends the stream (the parser would yield it again and again).
+            if read_header(index, header)? != Some(Kind::MachineConfig) {
+                continue;
+            }
+            let id = MachineIdentity::deserialize(body)
+                .map_err(|e| invalid(index, Some(Kind::MachineConfig), &e))?;
+            let mut config = Config::default();
+            config.machine.hostname = id.hostname;
+            config.machine.cluster = id.cluster;
+            config.machine.api = id.api;
+            return Ok(config);
+        }
+        Err(DecodeError::MissingMachineConfig)
     }
 }
 
@@ -364,6 +403,24 @@ mod tests {
 
     fn err(text: &str) -> DecodeError {
         Config::from_yaml(text).expect_err("must fail")
+    }
+
+    #[test]
+    fn identity_ignores_what_the_whole_decode_refuses() {
+        let text = "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\nhostname: edge-1\n\
+            cluster: lab\nfutureField: 1\napi:\n  ca: CA\n---\napiVersion: basalt.dev/v1alpha1\n\
+            kind: NetworkConfig\nbogus: []\n";
+        assert!(Config::from_yaml(text).is_err());
+        let config = Config::identity_from_yaml(text).expect("identity decodes");
+        assert_eq!(config.machine.hostname, "edge-1");
+        assert_eq!(config.machine.cluster.as_deref(), Some("lab"));
+        assert_eq!(config.machine.api.ca.as_deref(), Some("CA"));
+        assert!(config.network.is_none());
+        // the API section itself stays strict
+        let typo = "apiVersion: basalt.dev/v1alpha1\nkind: MachineConfig\napi:\n  caa: x\n";
+        assert!(Config::identity_from_yaml(typo).is_err());
+        assert!(Config::identity_from_yaml("").is_err());
+        assert!(Config::identity_from_yaml("apiVersion: [\n").is_err());
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod reconcile;
 pub mod resources;
 pub mod services;
 pub mod settings;
+pub mod start_config;
 pub mod state;
 pub mod time_sync;
 pub mod timefmt;

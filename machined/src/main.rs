@@ -26,9 +26,10 @@ use basalt_bootloader::uboot_backend::UbootBootloader;
 use clap::Parser;
 use machined::early_boot::EarlyBoot;
 use machined::events::EventKind;
+use machined::start_config::{self, StartConfig};
 use machined::{
     api, audit, config_apply, console, host, linux_host, network, node, node_boot, reconcile,
-    settings, state, upgrade,
+    state, upgrade,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -182,50 +183,80 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
     let mut machine_config = None;
     let mut services = Vec::new();
     let mut applied_version = 0;
-    let api = match config.current()? {
-        Some(stored) => {
-            applied_version = stored.version;
-            let parsed = settings::parse_config(&stored.data).and_then(|(config, mut warnings)| {
-                let api = settings::ApiSettings::from_config(&config, &mut warnings)?;
-                Ok((config, api))
-            });
-            match parsed {
-                Ok((config, settings)) => {
-                    match machined::services::spec::from_config(&config) {
-                        Ok(s) => services = s,
-                        Err(e) => console(&state_dir, &format!("services not started: {e}")),
-                    }
-                    network_config = config.network.clone();
-                    hostname = settings.hostname.clone();
-                    machine_config = Some(config);
-                    Some(api::ApiControl::secure(&settings)?)
-                }
-                Err(e) => {
+    let start = start_config::choose(&config)?;
+    let config_applied = start.current_applied();
+    let mut serve_api = true;
+    let api = match start {
+        StartConfig::Unconfigured => None,
+        StartConfig::Usable {
+            version,
+            config,
+            settings,
+            skipped,
+        } => {
+            for problem in &skipped {
+                console(
+                    &state_dir,
+                    &format!("stored configuration {problem}: passed over"),
+                );
+            }
+            if !skipped.is_empty() {
+                console(
+                    &state_dir,
+                    &format!("started with configuration version {version}, the newest usable one"),
+                );
+            }
+            match machined::services::spec::from_config(&config) {
+                Ok(s) => services = s,
+                Err(e) => console(&state_dir, &format!("services not started: {e}")),
+            }
+            applied_version = version;
+            network_config = config.network.clone();
+            hostname = settings.hostname.clone();
+            machine_config = Some(*config);
+            Some(api::ApiControl::secure(&settings)?)
+        }
+        StartConfig::Locked { settings, problems } => {
+            for problem in &problems {
+                console(&state_dir, &format!("stored configuration {problem}"));
+            }
+            match settings {
+                Some(settings) => {
                     console(
                         &state_dir,
-                        &format!(
-                            "stored configuration version {} is unusable ({e}); starting in maintenance mode",
-                            stored.version
-                        ),
+                        "no stored configuration is usable: locked (mutual TLS with the stored \
+                         CA and certificate, nothing else applied; apply a valid configuration)",
                     );
+                    Some(api::ApiControl::secure(&settings)?)
+                }
+                None => {
+                    console(
+                        &state_dir,
+                        "no stored configuration is usable, not even its API section: the API \
+                         is not served (no maintenance mode); flash a configuration with \
+                         basalt-flash --config",
+                    );
+                    serve_api = false;
                     None
                 }
             }
         }
-        None => None,
     };
     let api = match api {
         Some(api) => api,
         None => {
             let names = vec![args.listen.ip().to_string(), "localhost".to_string()];
             let cert = api::tls::MaintenanceCert::generate(names)?;
-            console(
-                &state_dir,
-                &format!(
-                    "maintenance mode: no configuration; server certificate SHA-256 fingerprint: {}",
-                    cert.fingerprint
-                ),
-            );
+            if serve_api {
+                console(
+                    &state_dir,
+                    &format!(
+                        "maintenance mode: no configuration; server certificate SHA-256 fingerprint: {}",
+                        cert.fingerprint
+                    ),
+                );
+            }
+            // When the API is not served this control is never listened with.
             api::ApiControl::maintenance(&cert)?
         }
     };
@@ -374,12 +405,20 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the API to {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let mode = if node.api.is_maintenance() {
+    let mode = if !serve_api {
+        "not served: locked"
+    } else if node.api.is_maintenance() {
         "maintenance mode, no client certificate"
+    } else if !config_applied {
+        "mutual TLS, configuration locked"
     } else {
         "mutual TLS"
     };
-    console(&state_dir, &format!("API listening on {addr} ({mode})"));
+    if serve_api {
+        console(&state_dir, &format!("API listening on {addr} ({mode})"));
+    } else {
+        console(&state_dir, &format!("API not served ({mode})"));
+    }
     let started = match &boot {
         Some(early) => format!("machined started on slot {}", early.slot),
         None => "machined started in dev mode".to_string(),
@@ -398,14 +437,14 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
                 api: addr,
                 // early boot read every block of the root through dm-verity
                 root_verified: true,
-                config_applied: true,
+                config_applied,
             },
         ));
     }
     let services = node.services.clone();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        r = api::serve(listener, node) => r.context("API server")?,
+        r = serve_or_wait(serve_api, listener, node) => r.context("API server")?,
         _ = tokio::signal::ctrl_c() => console(&state_dir, "interrupted, stopping"),
         _ = terminate.recv() => console(&state_dir, "terminated, stopping"),
     }
@@ -473,6 +512,20 @@ fn start_network(
         });
         controller.run(interval).await;
     });
+}
+
+/// Serves the API, or (`serve` false: a locked node with no usable API settings) waits
+/// until machined is stopped.
+async fn serve_or_wait(
+    serve: bool,
+    listener: tokio::net::TcpListener,
+    node: Arc<node::Node>,
+) -> anyhow::Result<()> {
+    if serve {
+        return Ok(api::serve(listener, node).await?);
+    }
+    drop(listener);
+    std::future::pending().await
 }
 
 /// The board's boot backend on BOOT; if it cannot be opened the node still serves its API

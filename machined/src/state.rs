@@ -145,6 +145,24 @@ impl ConfigStore {
         }))
     }
 
+    /// Every stored version that can be read, newest first: the current configuration, then
+    /// the history (for a start that has to fall back).
+    pub fn versions_newest_first(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+        let mut out = Vec::new();
+        if let Some(current) = self.current()? {
+            out.push((current.version, current.data));
+        }
+        for version in self.history()?.into_iter().rev() {
+            let path = self.dir.join("history").join(format!("{version:06}.yaml"));
+            if let Some(data) = read_optional(&path)?
+                && !out.iter().any(|(v, d)| *v == version && *d == data)
+            {
+                out.push((version, data));
+            }
+        }
+        Ok(out)
+    }
+
     /// A staged configuration waiting for the next start, if any.
     pub fn staged(&self) -> Result<Option<Vec<u8>>, StateError> {
         read_optional(&self.staged_path())
