@@ -202,6 +202,7 @@ mod tests {
         Config {
             services: Some(ServiceConfig {
                 services: vec![service],
+                ..ServiceConfig::default()
             }),
             ..Config::new(machine)
         }

@@ -50,6 +50,7 @@
 pub mod decode;
 pub mod diff;
 pub mod encode;
+pub mod image_ref;
 pub mod keys;
 pub mod patch;
 pub mod schema;

@@ -24,6 +24,7 @@ pub mod api;
 pub mod audit;
 pub mod config_apply;
 pub mod config_watch;
+pub mod containers;
 pub mod early_boot;
 pub mod events;
 pub mod host;

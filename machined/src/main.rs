@@ -94,6 +94,11 @@ struct Args {
     /// Services: time between SIGTERM and SIGKILL when stopping, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     service_stop_timeout_ms: u64,
+    /// Dev mode: run container services with the containerd (and
+    /// containerd-shim-runc-v2) in this directory, as a system service with its root,
+    /// state and socket under the state directory (runc from PATH).
+    #[arg(long)]
+    containerd_bin: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -149,6 +154,22 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// Where containerd lives: on a node, from the system image when it has the container
+/// extension; in dev mode, only with `--containerd-bin`.
+fn container_paths(
+    args: &Args,
+    boot: Option<&EarlyBoot>,
+) -> Option<machined::containers::RuntimePaths> {
+    match (boot, &args.containerd_bin) {
+        (Some(early), _) => machined::containers::RuntimePaths::on_node(&early.data_dir),
+        (None, Some(bin)) => Some(machined::containers::RuntimePaths::dev(
+            &args.state_dir,
+            bin,
+        )),
+        (None, None) => None,
+    }
+}
+
 async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
     if !args.dev && boot.is_none() {
         bail!("machined runs as PID 1 on a node; elsewhere run it with --dev --state-dir DIR");
@@ -181,7 +202,6 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
     let mut network_config = None;
     let mut hostname = None;
     let mut machine_config = None;
-    let mut services = Vec::new();
     let mut applied_version = 0;
     let start = start_config::choose(&config)?;
     let config_applied = start.current_applied();
@@ -205,10 +225,6 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
                     &state_dir,
                     &format!("started with configuration version {version}, the newest usable one"),
                 );
-            }
-            match machined::services::spec::from_config(&config) {
-                Ok(s) => services = s,
-                Err(e) => console(&state_dir, &format!("services not started: {e}")),
             }
             applied_version = version;
             network_config = config.network.clone();
@@ -289,7 +305,15 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         boot: boot_backend,
         audit,
         api: Arc::new(api),
+        containers: container_paths(&args, boot.as_ref()),
     }));
+    let mut services = Vec::new();
+    if let Some(config) = &machine_config {
+        match node.service_specs(config) {
+            Ok(s) => services = s,
+            Err(e) => console(&state_dir, &format!("services not started: {e}")),
+        }
+    }
     if let Some(config) = machine_config {
         for warning in config_apply::apply_machine(node.host.as_ref(), &config) {
             console(&state_dir, &warning);

@@ -154,6 +154,8 @@ pub struct Node {
     pub resources: Arc<crate::resources::ResourceStore>,
     /// The service supervisor.
     pub services: Arc<crate::services::Supervisor>,
+    /// The container runtime, when the node has one.
+    pub containers: Option<Arc<crate::containers::ContainerRuntime>>,
     /// The applied configuration, decoded once, for the controllers to watch.
     pub applied: crate::config_watch::ConfigPublisher,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
@@ -189,14 +191,24 @@ pub struct NodeParts {
     pub audit: Arc<AuditLog>,
     /// API mode switch.
     pub api: Arc<ApiControl>,
+    /// Where containerd lives, when the node runs containers.
+    pub containers: Option<crate::containers::RuntimePaths>,
 }
 
 impl Node {
     /// Assembles a node.
     pub fn new(parts: NodeParts) -> Self {
         let events = Arc::new(crate::events::EventBus::default());
+        let containers = parts
+            .containers
+            .map(|paths| Arc::new(crate::containers::ContainerRuntime::new(paths)));
+        let spawner = crate::services::process::ByKind {
+            containers: containers
+                .clone()
+                .map(|c| c as Arc<dyn crate::services::Spawner>),
+        };
         let services = Arc::new(crate::services::Supervisor::new(
-            Arc::new(crate::services::OsSpawner),
+            Arc::new(spawner),
             events.clone(),
             crate::services::Tuning::default(),
         ));
@@ -214,6 +226,7 @@ impl Node {
             events,
             resources: Arc::default(),
             services,
+            containers,
             applied: crate::config_watch::ConfigPublisher::default(),
             apply_lock: tokio::sync::Mutex::new(()),
             trial_generation: AtomicU64::new(0),

@@ -4,11 +4,36 @@
 use crate::node::{Node, NodeError};
 
 impl Node {
+    /// The services to supervise for `config`: its `ServiceConfig` and, when it has a
+    /// container service and the node a container runtime, containerd (whose configuration
+    /// and registry files are written here).
+    pub fn service_specs(
+        &self,
+        config: &basalt_config::Config,
+    ) -> Result<Vec<crate::services::ServiceSpec>, crate::services::ServiceError> {
+        let runtime = match &self.containers {
+            Some(rt) => {
+                let registries = config
+                    .services
+                    .as_ref()
+                    .map(|s| s.registries.as_slice())
+                    .unwrap_or_default();
+                rt.paths()
+                    .prepare()
+                    .and_then(|()| rt.set_registries(registries))
+                    .map_err(|e| crate::services::ServiceError::Config(e.to_string()))?;
+                Some(rt.paths().service(registries))
+            }
+            None => None,
+        };
+        crate::services::spec::from_config(config, runtime.as_ref())
+    }
+
     /// Makes the supervised services match the `ServiceConfig` of `config` (an applied
     /// configuration); a problem is logged and published, the running services stay as
     /// they are.
     pub async fn reconcile_services(&self, config: &basalt_config::Config) {
-        let result = match crate::services::spec::from_config(config) {
+        let result = match self.service_specs(config) {
             Ok(specs) => self.services.reconcile(specs).await,
             Err(e) => Err(e),
         };

@@ -386,6 +386,7 @@ async fn an_apply_authorized_before_the_switch_is_refused_after_it() {
         ),
         audit: Arc::new(machined::audit::AuditLog::open(&state.join("audit"), 1 << 20, 2).unwrap()),
         api: Arc::new(ApiControl::maintenance(&cert).unwrap()),
+        containers: None,
     }));
     let maintenance = node.api.current().generation;
     let first = node

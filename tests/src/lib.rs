@@ -20,9 +20,12 @@
 //!   that a node fell back to slot A by itself;
 //! - [`slot_tools`]: bad slots, signed bundles of them, and bytes flipped in a slot on disk
 //!   (the same slot shape on U-Boot and UEFI boards);
-//! - [`bad_updates`]: the bad-update scenario (tests c and f(ii)) for any rig board.
+//! - [`bad_updates`]: the bad-update scenario (tests c and f(ii)) for any rig board;
+//! - [`containers`]: the pinned containerd, a local OCI registry (`docker-registry`, with
+//!   TLS from a test CA), OCI image layouts of our own and `skopeo` to push them.
 
 pub mod bad_updates;
+pub mod containers;
 pub mod image_cache;
 pub mod loop_device;
 pub mod rig;

@@ -20,7 +20,10 @@ pub use machine::{
     KernelModule, MachineConfig, RESERVED_FILE_PREFIXES, Role, TokenKey, WRITABLE_FILE_PREFIXES,
 };
 pub use network::{Interface, NetworkConfig, Route, Vlan};
-pub use service::{RestartPolicy, Service, ServiceConfig};
+pub use service::{
+    MIN_MEMORY_BYTES, NetworkMode, PullPolicy, Registry, RestartPolicy, Service, ServiceConfig,
+    VolumeMount, parse_cpu, parse_memory,
+};
 pub use update::{DEFAULT_TRIES, MaintenanceWindow, UpdateConfig, UpdatePolicy, Weekday};
 
 use std::collections::BTreeMap;
@@ -41,7 +44,7 @@ pub enum Kind {
     NetworkConfig,
     /// [`UpdateConfig`]: update channel, policy, window and signing keys.
     UpdateConfig,
-    /// [`ServiceConfig`]: workloads (reserved; validated but not run yet).
+    /// [`ServiceConfig`]: workloads (programs and containers) and registries.
     ServiceConfig,
 }
 

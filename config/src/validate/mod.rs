@@ -23,6 +23,8 @@ mod rules;
 mod service;
 mod update;
 
+pub use service::{CAPABILITIES, RESERVED_SERVICE_NAMES};
+
 use std::fmt;
 
 use serde::Serialize;

@@ -1,6 +1,8 @@
 //! The pinned board inputs: `scripts/inputs.lock` and the package cache it describes.
 //!
-//! Each non-comment line of the lock is `package architecture version sha256`.
+//! Each non-comment line of the lock is `package architecture version sha256 [suite]`; the
+//! optional suite (another Debian release than the host's, e.g. `trixie`) only tells
+//! `scripts/setup-host` where to download the package from.
 //! `scripts/setup-host` downloads each package to `cache/debs/` as
 //! `<package>_<version with ':' as %3a>_<architecture>.deb`; [`DebCache::open`] finds that
 //! file, checks its sha256 against the pin, and only then opens it. A package is looked up
@@ -132,9 +134,11 @@ impl InputsLock {
                 reason,
             };
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let [package, arch, version, sha256] = fields[..] else {
+            let ([package, arch, version, sha256] | [package, arch, version, sha256, _]) =
+                fields[..]
+            else {
                 return Err(syntax(format!(
-                    "expected `package architecture version sha256`, found {} fields",
+                    "expected `package architecture version sha256 [suite]`, found {} fields",
                     fields.len()
                 )));
             };
@@ -273,12 +277,13 @@ mod tests {
     const LOCK: &str = "# comment\n\
         linux-image-6.1.0-56-arm64 arm64 6.1.192-2 6f4ed2d1cb9106bc977c2b1960008f175e2eed5740340634b7894e65ef5acc82\n\
         raspi-firmware all 1.20220830+ds-1 0094ced47a7fbb6a220ff83e7b43aa637a5d8f6802461e2e4e474597fb796f62\n\
-        busybox-static arm64 1:1.35.0-4+deb12u1+b1 732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5\n";
+        busybox-static arm64 1:1.35.0-4+deb12u1+b1 732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5\n\
+        containerd arm64 1.7.24~ds1-6+deb13u1 4af6b5a85498cc590eaf48d34c5c6c952ddabadae0afd6a9d2931d6a05782bc9 trixie\n";
 
     #[test]
     fn parses_and_finds_with_all_fallback() {
         let lock = InputsLock::parse(LOCK, "inputs.lock").unwrap();
-        assert_eq!(lock.entries().len(), 3);
+        assert_eq!(lock.entries().len(), 4);
         assert_eq!(lock.entry("raspi-firmware", "arm64").unwrap().arch, "all");
         let bb = lock.entry("busybox-static", "arm64").unwrap();
         assert_eq!(
@@ -298,6 +303,9 @@ mod tests {
     fn syntax_errors_name_the_line() {
         let err = InputsLock::parse("a b c\n", "l").unwrap_err().to_string();
         assert!(err.starts_with("l line 1:"), "{err}");
+        let six = format!("a arm64 1 {} trixie x\n", "0".repeat(64));
+        let err = InputsLock::parse(&six, "l").unwrap_err().to_string();
+        assert!(err.contains("found 6 fields"), "{err}");
         let err = InputsLock::parse("# x\na arm64 1 zz\n", "l")
             .unwrap_err()
             .to_string();

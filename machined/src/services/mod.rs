@@ -35,6 +35,14 @@ pub use process::{Exit, OsSpawner, Spawned, Spawner};
 pub use spec::{Restart, ServiceSpec, Tuning};
 pub use supervisor::{ServiceState, ServiceStatus, Supervisor};
 
+impl ServiceError {
+    /// Whether starting again later may succeed without a configuration change (a pull
+    /// from a registry that is down): retried with backoff, never given up.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ServiceError::Pull { .. })
+    }
+}
+
 /// A failure of service supervision.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -75,6 +83,23 @@ pub enum ServiceError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The image of a container service could not be pulled; retried with backoff whatever
+    /// the restart policy (the registry may come back).
+    #[error("service {name:?}: pull failed: {message}")]
+    Pull {
+        /// The service.
+        name: String,
+        /// What went wrong (the image is named).
+        message: String,
+    },
+    /// The container runtime refused or failed a step of starting or stopping a container.
+    #[error("service {name:?}: {message}")]
+    Runtime {
+        /// The service.
+        name: String,
+        /// What went wrong.
+        message: String,
     },
     /// A request could not be carried out in time.
     #[error("service {name:?}: {message}")]

@@ -8,8 +8,12 @@
 //! [`super::reaper`] must leave it alone).
 
 use super::logring::{MAX_LINE, OutputStream};
+use super::spec::Runnable;
 use super::{ServiceError, ServiceSpec};
+use std::future::Future;
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
@@ -61,19 +65,75 @@ pub enum StopSignal {
     Kill,
 }
 
-/// Starts and signals processes.
+/// A boxed future, for the object-safe [`Spawner`] trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Starts and signals what a service runs.
 pub trait Spawner: Send + Sync + std::fmt::Debug {
-    /// Starts `spec`'s program. Must be called within a tokio runtime.
-    fn spawn(&self, spec: &ServiceSpec) -> Result<Spawned, ServiceError>;
-    /// Sends `signal` to the process group `pid` of service `name`.
-    fn signal(&self, name: &str, pid: u32, signal: StopSignal) -> Result<(), ServiceError>;
+    /// Starts `spec`. Must be called within a tokio runtime.
+    fn spawn<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<Spawned, ServiceError>>;
+    /// Sends `signal` to what runs `spec` (main process `pid`).
+    fn signal<'a>(
+        &'a self,
+        spec: &'a ServiceSpec,
+        pid: u32,
+        signal: StopSignal,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
 }
 
 /// Real processes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OsSpawner;
 
-async fn read_lines(
+/// Programs through [`OsSpawner`], containers through the container runtime when the node
+/// has one.
+#[derive(Debug, Default)]
+pub struct ByKind {
+    /// The container runtime; `None` on an image built without it.
+    pub containers: Option<Arc<dyn Spawner>>,
+}
+
+impl ByKind {
+    fn for_spec(&self, spec: &ServiceSpec) -> Result<&dyn Spawner, ServiceError> {
+        match (&spec.run, &self.containers) {
+            (Runnable::Program(_), _) => Ok(&OsSpawner),
+            (Runnable::Container(_), Some(c)) => Ok(c.as_ref()),
+            (Runnable::Container(c), None) => Err(ServiceError::Invalid {
+                name: spec.name.clone(),
+                message: format!(
+                    "image {}: this node has no container runtime (its system image was built \
+                     without the container extension)",
+                    c.image
+                ),
+            }),
+        }
+    }
+}
+
+impl Spawner for ByKind {
+    fn spawn<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<Spawned, ServiceError>> {
+        match self.for_spec(spec) {
+            Ok(s) => s.spawn(spec),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn signal<'a>(
+        &'a self,
+        spec: &'a ServiceSpec,
+        pid: u32,
+        signal: StopSignal,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        match self.for_spec(spec) {
+            Ok(s) => s.signal(spec, pid, signal),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+/// Splits what `pipe` delivers into lines of at most [`MAX_LINE`] bytes, sent to `tx` with
+/// their stream; ends at end of file or when the receiver is gone.
+pub async fn read_lines(
     pipe: impl AsyncRead + Unpin,
     stream: OutputStream,
     tx: mpsc::Sender<(OutputStream, String)>,
@@ -114,68 +174,82 @@ async fn read_lines(
 }
 
 impl Spawner for OsSpawner {
-    fn spawn(&self, spec: &ServiceSpec) -> Result<Spawned, ServiceError> {
-        let mut child = tokio::process::Command::new(&spec.command)
-            .args(&spec.args)
-            .env_clear()
-            .env("PATH", SERVICE_PATH)
-            .envs(&spec.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|source| ServiceError::Spawn {
-                name: spec.name.clone(),
-                command: spec.command.clone(),
-                source,
-            })?;
-        let pid = child.id().unwrap_or(0);
-        let (out_tx, output) = mpsc::channel(256);
-        if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(read_lines(stdout, OutputStream::Stdout, out_tx.clone()));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(read_lines(stderr, OutputStream::Stderr, out_tx));
-        }
-        let (exit_tx, exit) = oneshot::channel();
-        tokio::spawn(async move {
-            use std::os::unix::process::ExitStatusExt;
-            let status = match child.wait().await {
-                Ok(s) => match (s.code(), s.signal()) {
-                    (Some(c), _) => Exit::Code(c),
-                    (None, Some(sig)) => Exit::Signal(sig),
-                    _ => Exit::Code(-1),
-                },
-                Err(_) => Exit::Code(-1),
-            };
-            let _ = exit_tx.send(status);
-        });
-        Ok(Spawned { pid, output, exit })
+    fn spawn<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<Spawned, ServiceError>> {
+        Box::pin(std::future::ready(spawn_program(spec)))
     }
 
-    fn signal(&self, name: &str, pid: u32, signal: StopSignal) -> Result<(), ServiceError> {
-        use rustix::process::{Pid, Signal, kill_process_group};
-        let (sig, label) = match signal {
-            StopSignal::Term => (Signal::TERM, "SIGTERM"),
-            StopSignal::Kill => (Signal::KILL, "SIGKILL"),
+    fn signal<'a>(
+        &'a self,
+        spec: &'a ServiceSpec,
+        pid: u32,
+        signal: StopSignal,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(std::future::ready(signal_group(&spec.name, pid, signal)))
+    }
+}
+
+fn spawn_program(spec: &ServiceSpec) -> Result<Spawned, ServiceError> {
+    let command = spec.target();
+    let mut child = tokio::process::Command::new(command)
+        .args(&spec.args)
+        .env_clear()
+        .env("PATH", SERVICE_PATH)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| ServiceError::Spawn {
+            name: spec.name.clone(),
+            command: command.to_string(),
+            source,
+        })?;
+    let pid = child.id().unwrap_or(0);
+    let (out_tx, output) = mpsc::channel(256);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(read_lines(stdout, OutputStream::Stdout, out_tx.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(read_lines(stderr, OutputStream::Stderr, out_tx));
+    }
+    let (exit_tx, exit) = oneshot::channel();
+    tokio::spawn(async move {
+        use std::os::unix::process::ExitStatusExt;
+        let status = match child.wait().await {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(sig)) => Exit::Signal(sig),
+                _ => Exit::Code(-1),
+            },
+            Err(_) => Exit::Code(-1),
         };
-        let target = Pid::from_raw(pid as i32).ok_or_else(|| ServiceError::Signal {
+        let _ = exit_tx.send(status);
+    });
+    Ok(Spawned { pid, output, exit })
+}
+
+fn signal_group(name: &str, pid: u32, signal: StopSignal) -> Result<(), ServiceError> {
+    use rustix::process::{Pid, Signal, kill_process_group};
+    let (sig, label) = match signal {
+        StopSignal::Term => (Signal::TERM, "SIGTERM"),
+        StopSignal::Kill => (Signal::KILL, "SIGKILL"),
+    };
+    let target = Pid::from_raw(pid as i32).ok_or_else(|| ServiceError::Signal {
+        name: name.to_string(),
+        pid,
+        signal: label,
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    match kill_process_group(target, sig) {
+        // Already gone: nothing to stop.
+        Err(rustix::io::Errno::SRCH) | Ok(()) => Ok(()),
+        Err(e) => Err(ServiceError::Signal {
             name: name.to_string(),
             pid,
             signal: label,
-            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        })?;
-        match kill_process_group(target, sig) {
-            // Already gone: nothing to stop.
-            Err(rustix::io::Errno::SRCH) | Ok(()) => Ok(()),
-            Err(e) => Err(ServiceError::Signal {
-                name: name.to_string(),
-                pid,
-                signal: label,
-                source: e.into(),
-            }),
-        }
+            source: e.into(),
+        }),
     }
 }
 
@@ -187,7 +261,7 @@ mod tests {
     fn sh(script: &str) -> ServiceSpec {
         ServiceSpec {
             name: "t".into(),
-            command: "/bin/sh".into(),
+            run: super::super::spec::Runnable::Program("/bin/sh".into()),
             args: vec!["-c".into(), script.into()],
             env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
             depends_on: vec![],
@@ -199,6 +273,7 @@ mod tests {
     async fn captures_lines_and_exit_code() {
         let mut p = OsSpawner
             .spawn(&sh("echo $GREETING; echo oops >&2; printf partial; exit 3"))
+            .await
             .unwrap();
         assert!(p.pid > 0);
         let mut lines = Vec::new();
@@ -219,15 +294,18 @@ mod tests {
 
     #[tokio::test]
     async fn signals_reach_the_group() {
-        let p = OsSpawner.spawn(&sh("sleep 30 & wait")).unwrap();
-        OsSpawner.signal("t", p.pid, StopSignal::Term).unwrap();
+        let spec = sh("sleep 30 & wait");
+        let p = OsSpawner.spawn(&spec).await.unwrap();
+        OsSpawner
+            .signal(&spec, p.pid, StopSignal::Term)
+            .await
+            .unwrap();
         assert_eq!(p.exit.await.unwrap(), Exit::Signal(15));
-        let e = OsSpawner
-            .spawn(&ServiceSpec {
-                command: "/nonexistent/program".into(),
-                ..sh("")
-            })
-            .unwrap_err();
+        let missing = ServiceSpec {
+            run: super::super::spec::Runnable::Program("/nonexistent/program".into()),
+            ..sh("")
+        };
+        let e = OsSpawner.spawn(&missing).await.unwrap_err();
         assert!(e.to_string().contains("/nonexistent/program"), "{e}");
     }
 }

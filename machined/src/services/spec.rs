@@ -3,9 +3,60 @@
 
 use super::ServiceError;
 use basalt_config::Config;
-use basalt_config::schema::RestartPolicy;
+use basalt_config::image_ref::ImageReference;
+use basalt_config::schema::{NetworkMode, PullPolicy, RestartPolicy, Service};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+
+/// The name of the container runtime's system service; container services depend on it.
+pub const CONTAINERD: &str = "containerd";
+
+/// What a service runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runnable {
+    /// A program on the system image, by absolute path.
+    Program(String),
+    /// An OCI image run as a container through containerd.
+    Container(Box<ContainerSpec>),
+}
+
+/// A named volume on DATA mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The volume's name (its directory under the volumes directory).
+    pub name: String,
+    /// Where it is mounted in the container.
+    pub mount_path: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// How a container service runs, beyond what every service has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// The fully qualified image reference (`docker.io/library/nginx:latest`).
+    pub image: String,
+    /// The registry host the image comes from.
+    pub registry: String,
+    /// Pull before every start, or only when missing.
+    pub pull_always: bool,
+    /// A network namespace of its own (loopback only) instead of the host's.
+    pub isolated_network: bool,
+    /// Named volumes.
+    pub volumes: Vec<Volume>,
+    /// Host device nodes it may use.
+    pub devices: Vec<String>,
+    /// The root file system is read-only.
+    pub read_only_root: bool,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in millicores.
+    pub cpu_millis: Option<u64>,
+    /// Capabilities added to the default set (without `CAP_`).
+    pub capabilities: Vec<String>,
+    /// Every capability and device, no masked paths.
+    pub privileged: bool,
+}
 
 /// When a service is restarted after it exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +74,9 @@ pub enum Restart {
 pub struct ServiceSpec {
     /// Unique id.
     pub name: String,
-    /// Absolute path of the program.
-    pub command: String,
-    /// Its arguments.
+    /// The program or container it runs.
+    pub run: Runnable,
+    /// Its arguments (for a container: replacing the image's command).
     pub args: Vec<String>,
     /// Extra environment variables (on top of a fixed PATH).
     pub env: BTreeMap<String, String>,
@@ -33,6 +84,24 @@ pub struct ServiceSpec {
     pub depends_on: Vec<String>,
     /// Restart policy.
     pub restart: Restart,
+}
+
+impl ServiceSpec {
+    /// The program's path or the container's image, for messages.
+    pub fn target(&self) -> &str {
+        match &self.run {
+            Runnable::Program(p) => p,
+            Runnable::Container(c) => &c.image,
+        }
+    }
+
+    /// The container part, when it is a container service.
+    pub fn container(&self) -> Option<&ContainerSpec> {
+        match &self.run {
+            Runnable::Container(c) => Some(c),
+            Runnable::Program(_) => None,
+        }
+    }
 }
 
 /// Timing of the supervisor, the same for every service.
@@ -76,50 +145,104 @@ impl Tuning {
     }
 }
 
-/// The services of a decoded configuration's `ServiceConfig` document (none when it has
-/// none), checked as a whole: valid programs, known dependencies, no cycle.
-pub fn from_config(config: &Config) -> Result<Vec<ServiceSpec>, ServiceError> {
+/// The services to supervise for a decoded configuration: its `ServiceConfig` document's
+/// (none when it has none) and, when one of them is a container and the node has a
+/// container runtime, `runtime` (the [`CONTAINERD`] system service), which every container
+/// service then depends on. Checked as a whole: valid programs and images, known
+/// dependencies, no cycle. Without a runtime, container services are kept (their start
+/// fails with a message that says why) and the others run.
+pub fn from_config(
+    config: &Config,
+    runtime: Option<&ServiceSpec>,
+) -> Result<Vec<ServiceSpec>, ServiceError> {
     let Some(services) = &config.services else {
         return Ok(Vec::new());
     };
-    let specs = services
+    let mut specs = services
         .services
         .iter()
         .cloned()
-        .map(|s| {
-            let command = match (s.command, s.image) {
-                (Some(c), None) => c,
-                (None, Some(image)) => {
-                    return Err(ServiceError::Invalid {
-                        name: s.name,
-                        message: format!(
-                            "image {image}: container images are not supported yet (no container runtime on the node)"
-                        ),
-                    });
-                }
-                _ => {
-                    return Err(ServiceError::Invalid {
-                        name: s.name,
-                        message: "exactly one of command and image must be set".into(),
-                    });
-                }
-            };
-            Ok(ServiceSpec {
-                name: s.name,
-                command,
-                args: s.args,
-                env: s.env,
-                depends_on: s.depends_on,
-                restart: match s.restart {
-                    RestartPolicy::Always => Restart::Always,
-                    RestartPolicy::OnFailure => Restart::OnFailure,
-                    RestartPolicy::Never => Restart::Never,
-                },
-            })
-        })
+        .map(service_spec)
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(runtime) = runtime
+        && specs.iter().any(|s| s.container().is_some())
+    {
+        for s in specs.iter_mut().filter(|s| s.container().is_some()) {
+            s.depends_on.insert(0, runtime.name.clone());
+        }
+        specs.insert(0, runtime.clone());
+    }
     start_order(&specs)?;
     Ok(specs)
+}
+
+fn service_spec(s: Service) -> Result<ServiceSpec, ServiceError> {
+    let invalid = |message: String| ServiceError::Invalid {
+        name: s.name.clone(),
+        message,
+    };
+    let run = match (&s.command, &s.image) {
+        (Some(c), None) => Runnable::Program(c.clone()),
+        (None, Some(image)) => {
+            Runnable::Container(Box::new(container_spec(&s, image).map_err(invalid)?))
+        }
+        _ => {
+            return Err(invalid(
+                "exactly one of command and image must be set".into(),
+            ));
+        }
+    };
+    Ok(ServiceSpec {
+        name: s.name,
+        run,
+        args: s.args,
+        env: s.env,
+        depends_on: s.depends_on,
+        restart: match s.restart {
+            RestartPolicy::Always => Restart::Always,
+            RestartPolicy::OnFailure => Restart::OnFailure,
+            RestartPolicy::Never => Restart::Never,
+        },
+    })
+}
+
+fn container_spec(s: &Service, image: &str) -> Result<ContainerSpec, String> {
+    let reference = ImageReference::parse(image)?;
+    let memory_bytes = s
+        .memory
+        .as_deref()
+        .map(basalt_config::schema::parse_memory)
+        .transpose()?;
+    let cpu_millis = s
+        .cpu
+        .as_deref()
+        .map(basalt_config::schema::parse_cpu)
+        .transpose()?;
+    Ok(ContainerSpec {
+        image: reference.normalized(),
+        registry: reference.registry,
+        pull_always: s.pull_policy == PullPolicy::Always,
+        isolated_network: s.network == NetworkMode::Isolated,
+        volumes: s
+            .volumes
+            .iter()
+            .map(|v| Volume {
+                name: v.name.clone(),
+                mount_path: v.mount_path.clone(),
+                read_only: v.read_only,
+            })
+            .collect(),
+        devices: s.devices.clone(),
+        read_only_root: s.read_only_root_filesystem,
+        memory_bytes,
+        cpu_millis,
+        capabilities: s
+            .capabilities
+            .iter()
+            .map(|c| c.strip_prefix("CAP_").unwrap_or(c).to_string())
+            .collect(),
+        privileged: s.privileged,
+    })
 }
 
 /// The service names in an order where every service comes after its dependencies (ties by
@@ -127,10 +250,12 @@ pub fn from_config(config: &Config) -> Result<Vec<ServiceSpec>, ServiceError> {
 pub fn start_order(specs: &[ServiceSpec]) -> Result<Vec<String>, ServiceError> {
     let mut deps: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for s in specs {
-        if !s.command.starts_with('/') {
+        if let Runnable::Program(command) = &s.run
+            && !command.starts_with('/')
+        {
             return Err(ServiceError::Invalid {
                 name: s.name.clone(),
-                message: format!("command {:?} is not an absolute path", s.command),
+                message: format!("command {command:?} is not an absolute path"),
             });
         }
         if deps
@@ -187,7 +312,7 @@ mod tests {
     fn spec(name: &str, deps: &[&str]) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
-            command: "/bin/true".into(),
+            run: Runnable::Program("/bin/true".into()),
             args: vec![],
             env: BTreeMap::new(),
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
@@ -227,15 +352,27 @@ mod tests {
              restart: onFailure\n    dependsOn: [db]\n  - name: db\n    command: /bin/sleep\n    \
              args: ['100']\n",
         );
-        let specs = from_config(&config).unwrap();
+        let specs = from_config(&config, None).unwrap();
         assert_eq!(specs.len(), 2);
         assert_eq!(specs[0].restart, Restart::OnFailure);
         assert_eq!(specs[0].depends_on, ["db"]);
         let none = Config::from_yaml(MACHINE).unwrap();
-        assert!(from_config(&none).unwrap().is_empty());
-        let image = with_services("  - name: x\n    image: nginx:1\n");
-        let e = from_config(&image).unwrap_err().to_string();
-        assert!(e.contains("not supported yet"), "{e}");
+        assert!(from_config(&none, None).unwrap().is_empty());
+        let image = with_services(
+            "  - name: x\n    image: nginx:1\n    memory: 64Mi\n    cpu: 250m\n    dependsOn: [y]\n  \
+             - name: y\n    command: /bin/sleep\n",
+        );
+        let specs = from_config(&image, None).unwrap();
+        let c = specs[0].container().unwrap();
+        assert_eq!(c.image, "docker.io/library/nginx:1");
+        assert_eq!((c.memory_bytes, c.cpu_millis), (Some(64 << 20), Some(250)));
+        assert_eq!(specs[0].depends_on, ["y"]);
+        let runtime = spec(CONTAINERD, &[]);
+        let specs = from_config(&image, Some(&runtime)).unwrap();
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, [CONTAINERD, "x", "y"]);
+        assert_eq!(specs[1].depends_on, [CONTAINERD, "y"]);
+        assert_eq!(specs[2].depends_on, Vec::<String>::new());
     }
 
     #[test]

@@ -395,8 +395,11 @@ struct Task {
 
 /// Why a run ended.
 enum RunEnd {
-    Exited(Exit, Duration),
+    /// It exited (or could not start: then the reason says why) after running this long.
+    Exited(Exit, Duration, Option<String>),
     Stopped,
+    /// It could not start for a reason that may go away (an image pull failed).
+    NotYet(String),
 }
 
 impl Task {
@@ -428,6 +431,7 @@ impl Task {
     async fn run(self) {
         let mut want_rx = self.entry.want.subscribe();
         let mut failures: u32 = 0;
+        let mut retries: u32 = 0;
         loop {
             let want = *want_rx.borrow_and_update();
             if !want.run {
@@ -448,29 +452,52 @@ impl Task {
                 continue;
             }
             match self.run_once(&mut want_rx, want).await {
+                RunEnd::NotYet(message) => {
+                    retries = retries.saturating_add(1);
+                    let delay = self.tuning.backoff(retries);
+                    self.set(
+                        ServiceState::Backoff,
+                        0,
+                        format!("{message}; retrying in {} s", delay.as_secs_f64().ceil()),
+                        None,
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        changed = want_rx.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            retries = 0;
+                        }
+                    }
+                }
                 RunEnd::Stopped => {
+                    retries = 0;
                     failures = 0;
                     let w = self.want();
                     if w.run {
                         self.entry.status.send_modify(|s| s.restarts += 1);
                     }
                 }
-                RunEnd::Exited(exit, ran) => {
+                RunEnd::Exited(exit, ran, reason) => {
+                    let success = exit.success();
+                    let exit = reason.unwrap_or_else(|| exit.to_string());
+                    retries = 0;
                     if ran >= self.tuning.reset_after {
                         failures = 0;
                     }
                     let restart = match self.entry.spec.restart {
                         Restart::Always => true,
-                        Restart::OnFailure => !exit.success(),
+                        Restart::OnFailure => !success,
                         Restart::Never => false,
                     };
                     if !restart {
-                        let state = if exit.success() {
+                        let state = if success {
                             ServiceState::Stopped
                         } else {
                             ServiceState::Failed
                         };
-                        self.set(state, 0, exit.to_string(), None);
+                        self.set(state, 0, exit, None);
                         self.entry.want.send_modify(|w| w.run = false);
                         let _ = want_rx.borrow_and_update();
                         if want_rx.changed().await.is_err() {
@@ -556,13 +583,36 @@ impl Task {
         self.set(
             ServiceState::Starting,
             0,
-            String::new(),
+            self.entry
+                .spec
+                .container()
+                .map(|c| format!("preparing {}", c.image))
+                .unwrap_or_default(),
             Some(want.generation),
         );
         let started = Instant::now();
-        let spawned = match self.spawner.spawn(&self.entry.spec) {
+        let spawned = tokio::select! {
+            spawned = self.spawner.spawn(&self.entry.spec) => spawned,
+            // A start that waits (an image pull) gives way to a stop or a new configuration.
+            changed = want_rx.changed() => {
+                let now = *want_rx.borrow_and_update();
+                if changed.is_err() || !now.run || now.generation != want.generation {
+                    self.set(ServiceState::Stopped, 0, "stopped on request".into(), None);
+                    return RunEnd::Stopped;
+                }
+                self.spawner.spawn(&self.entry.spec).await
+            }
+        };
+        let spawned = match spawned {
             Ok(s) => s,
-            Err(e) => return RunEnd::Exited(self.note_spawn_error(&e), Duration::ZERO),
+            Err(e) if e.is_retryable() => {
+                self.entry.logs.push(OutputStream::System, &e.to_string());
+                return RunEnd::NotYet(e.to_string());
+            }
+            Err(e) => {
+                let why = format!("could not start: {e}");
+                return RunEnd::Exited(self.note_spawn_error(&e), Duration::ZERO, Some(why));
+            }
         };
         let pid = spawned.pid;
         let logs = self.entry.logs.clone();
@@ -586,7 +636,7 @@ impl Task {
             tokio::select! {
                 status = &mut exit => {
                     let status = status.unwrap_or(Exit::Code(-1));
-                    break RunEnd::Exited(status, started.elapsed());
+                    break RunEnd::Exited(status, started.elapsed(), None);
                 }
                 () = &mut healthy, if !is_healthy => {
                     is_healthy = true;
@@ -617,14 +667,14 @@ impl Task {
 
     /// SIGTERM to the group, SIGKILL after the stop timeout.
     async fn stop_process(&self, pid: u32, exit: &mut tokio::sync::oneshot::Receiver<Exit>) {
-        let name = &self.entry.spec.name;
         self.set(
             ServiceState::Stopping,
             pid,
             format!("SIGTERM to pid {pid}"),
             None,
         );
-        if let Err(e) = self.spawner.signal(name, pid, StopSignal::Term) {
+        let spec = &self.entry.spec;
+        if let Err(e) = self.spawner.signal(spec, pid, StopSignal::Term).await {
             self.entry.logs.push(OutputStream::System, &e.to_string());
         }
         if tokio::time::timeout(self.tuning.stop_timeout, &mut *exit)
@@ -640,7 +690,7 @@ impl Task {
                 self.tuning.stop_timeout.as_millis()
             ),
         );
-        if let Err(e) = self.spawner.signal(name, pid, StopSignal::Kill) {
+        if let Err(e) = self.spawner.signal(spec, pid, StopSignal::Kill).await {
             self.entry.logs.push(OutputStream::System, &e.to_string());
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), exit).await;
@@ -661,7 +711,24 @@ mod tests {
     }
 
     impl Spawner for ExitAtOnce {
-        fn spawn(&self, _spec: &ServiceSpec) -> Result<Spawned, ServiceError> {
+        fn spawn<'a>(
+            &'a self,
+            _spec: &'a ServiceSpec,
+        ) -> crate::services::process::BoxFuture<'a, Result<Spawned, ServiceError>> {
+            Box::pin(std::future::ready(self.spawn_now()))
+        }
+        fn signal<'a>(
+            &'a self,
+            _: &'a ServiceSpec,
+            _: u32,
+            _: StopSignal,
+        ) -> crate::services::process::BoxFuture<'a, Result<(), ServiceError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    impl ExitAtOnce {
+        fn spawn_now(&self) -> Result<Spawned, ServiceError> {
             let n = self.spawned.fetch_add(1, Ordering::SeqCst) + 1;
             let (_out_tx, output) = mpsc::channel(1);
             let (exit_tx, exit) = oneshot::channel();
@@ -672,15 +739,12 @@ mod tests {
                 exit,
             })
         }
-        fn signal(&self, _: &str, _: u32, _: StopSignal) -> Result<(), ServiceError> {
-            Ok(())
-        }
     }
 
     fn spec(name: &str, restart: Restart) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
-            command: "/bin/fake".into(),
+            run: crate::services::spec::Runnable::Program("/bin/fake".into()),
             args: vec![],
             env: BTreeMap::new(),
             depends_on: vec![],

@@ -1,0 +1,408 @@
+//! containerd's gRPC API, the calls machined makes: each method is one step (pull, read a
+//! blob, create a container, prepare its snapshot, create, start, wait for, signal and delete
+//! its task), in Basalt's own containerd namespace.
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetImageRequest, KillRequest, ListImagesRequest, ReadContentRequest,
+    StartRequest, TransferOptions, TransferRequest, WaitRequest,
+};
+use containerd_client::types::transfer::{ImageStore, OciRegistry, UnpackConfiguration};
+use containerd_client::types::{Descriptor, Mount, Platform};
+use containerd_client::{Client, to_any};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::{Code, Request};
+
+/// containerd's namespace for Basalt's workloads (kept apart from anything else on the
+/// same containerd).
+pub const NAMESPACE: &str = "basalt";
+/// The snapshotter images are unpacked into and containers run on.
+pub const SNAPSHOTTER: &str = "overlayfs";
+/// The runtime shim.
+pub const RUNTIME: &str = "io.containerd.runc.v2";
+/// The largest JSON blob (index, manifest, image config) read into memory.
+const MAX_JSON_BLOB: usize = 4 << 20;
+
+/// A failed containerd call.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    /// The socket did not accept a connection in time.
+    #[error("containerd at {socket}: not reachable: {message}")]
+    Unreachable {
+        /// The socket.
+        socket: PathBuf,
+        /// The last error.
+        message: String,
+    },
+    /// A call failed.
+    #[error("containerd {call} {object}: {message}")]
+    Call {
+        /// The RPC.
+        call: &'static str,
+        /// What it was about (container id, image, digest).
+        object: String,
+        /// containerd's status code.
+        code: Code,
+        /// containerd's message.
+        message: String,
+    },
+    /// A blob is larger than machined reads into memory.
+    #[error("blob {digest} is larger than {MAX_JSON_BLOB} bytes")]
+    TooLarge {
+        /// Its digest.
+        digest: String,
+    },
+}
+
+impl ContainerdError {
+    /// Whether containerd answered "not found".
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            ContainerdError::Call {
+                code: Code::NotFound,
+                ..
+            }
+        )
+    }
+}
+
+fn call(call: &'static str, object: &str) -> impl FnOnce(tonic::Status) -> ContainerdError {
+    let object = object.to_string();
+    move |s| ContainerdError::Call {
+        call,
+        object,
+        code: s.code(),
+        message: s.message().to_string(),
+    }
+}
+
+fn in_namespace<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "containerd-namespace",
+        tonic::metadata::MetadataValue::from_static(NAMESPACE),
+    );
+    request
+}
+
+/// A connection to containerd.
+#[derive(Clone)]
+pub struct Containerd {
+    client: std::sync::Arc<Client>,
+}
+
+impl std::fmt::Debug for Containerd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Containerd")
+    }
+}
+
+impl Containerd {
+    /// Connects to the socket, retrying until `within` has passed (containerd may be starting).
+    pub async fn connect(socket: &Path, within: Duration) -> Result<Self, ContainerdError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let attempt = async {
+                let client = Client::from_path(socket).await.map_err(|e| e.to_string())?;
+                client
+                    .version()
+                    .version(())
+                    .await
+                    .map_err(|e| e.message().to_string())?;
+                Ok::<_, String>(client)
+            };
+            match attempt.await {
+                Ok(client) => {
+                    return Ok(Self {
+                        client: std::sync::Arc::new(client),
+                    });
+                }
+                Err(message) if Instant::now() >= deadline => {
+                    return Err(ContainerdError::Unreachable {
+                        socket: socket.to_path_buf(),
+                        message,
+                    });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// containerd's version string.
+    pub async fn version(&self) -> Result<String, ContainerdError> {
+        let v = self
+            .client
+            .version()
+            .version(())
+            .await
+            .map_err(call("Version", ""))?;
+        Ok(v.into_inner().version)
+    }
+
+    /// The target descriptor of image `name`, `None` when the node does not have it.
+    pub async fn image_target(&self, name: &str) -> Result<Option<Descriptor>, ContainerdError> {
+        let got = self
+            .client
+            .images()
+            .get(in_namespace(GetImageRequest { name: name.into() }))
+            .await;
+        match got {
+            Ok(r) => Ok(r.into_inner().image.and_then(|i| i.target)),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(call("Images.Get", name)(s)),
+        }
+    }
+
+    /// The names of the images in Basalt's namespace.
+    pub async fn image_names(&self) -> Result<Vec<String>, ContainerdError> {
+        let r = self
+            .client
+            .images()
+            .list(in_namespace(ListImagesRequest::default()))
+            .await
+            .map_err(call("Images.List", ""))?;
+        Ok(r.into_inner().images.into_iter().map(|i| i.name).collect())
+    }
+
+    /// Pulls `reference` for `platform` and unpacks it into the snapshotter, with
+    /// containerd's transfer service (HTTPS, containerd's trust roots).
+    pub async fn pull(&self, reference: &str, platform: &Platform) -> Result<(), ContainerdError> {
+        let source = OciRegistry {
+            reference: reference.into(),
+            resolver: None,
+        };
+        let destination = ImageStore {
+            name: reference.into(),
+            platforms: vec![platform.clone()],
+            unpacks: vec![UnpackConfiguration {
+                platform: Some(platform.clone()),
+                snapshotter: SNAPSHOTTER.into(),
+            }],
+            ..ImageStore::default()
+        };
+        let request = TransferRequest {
+            source: Some(to_any(&source)),
+            destination: Some(to_any(&destination)),
+            options: Some(TransferOptions::default()),
+        };
+        self.client
+            .transfer()
+            .transfer(in_namespace(request))
+            .await
+            .map_err(call("Transfer (pull)", reference))?;
+        Ok(())
+    }
+
+    /// The bytes of a (JSON) blob from the content store.
+    pub async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ContainerdError> {
+        let mut stream = self
+            .client
+            .content()
+            .read(in_namespace(ReadContentRequest {
+                digest: digest.into(),
+                offset: 0,
+                size: 0,
+            }))
+            .await
+            .map_err(call("Content.Read", digest))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(call("Content.Read", digest))?
+        {
+            out.extend_from_slice(&chunk.data);
+            if out.len() > MAX_JSON_BLOB {
+                return Err(ContainerdError::TooLarge {
+                    digest: digest.into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates container `id` of `image` with the OCI runtime spec `spec` (JSON), on the
+    /// snapshot `id`.
+    pub async fn create_container(
+        &self,
+        id: &str,
+        image: &str,
+        spec: &serde_json::Value,
+    ) -> Result<(), ContainerdError> {
+        let container = Container {
+            id: id.into(),
+            image: image.into(),
+            runtime: Some(Runtime {
+                name: RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: serde_json::to_vec(spec).unwrap_or_default(),
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: id.into(),
+            ..Container::default()
+        };
+        self.client
+            .containers()
+            .create(in_namespace(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await
+            .map_err(call("Containers.Create", id))?;
+        Ok(())
+    }
+
+    /// Deletes container `id` (already gone is fine).
+    pub async fn delete_container(&self, id: &str) -> Result<(), ContainerdError> {
+        let r = self
+            .client
+            .containers()
+            .delete(in_namespace(DeleteContainerRequest { id: id.into() }))
+            .await;
+        ignore_not_found(r.map(drop).map_err(call("Containers.Delete", id)))
+    }
+
+    /// The ids of the containers in Basalt's namespace.
+    pub async fn container_ids(&self) -> Result<Vec<String>, ContainerdError> {
+        let r = self
+            .client
+            .containers()
+            .list(in_namespace(
+                containerd_client::services::v1::ListContainersRequest::default(),
+            ))
+            .await
+            .map_err(call("Containers.List", ""))?;
+        Ok(r.into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// Prepares the writable snapshot `key` on top of `parent` (an image's chain id);
+    /// returns the mounts of the container's root.
+    pub async fn prepare_snapshot(
+        &self,
+        key: &str,
+        parent: &str,
+    ) -> Result<Vec<Mount>, ContainerdError> {
+        let r = self
+            .client
+            .snapshots()
+            .prepare(in_namespace(PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+                parent: parent.into(),
+                ..PrepareSnapshotRequest::default()
+            }))
+            .await
+            .map_err(call("Snapshots.Prepare", key))?;
+        Ok(r.into_inner().mounts)
+    }
+
+    /// Removes snapshot `key` (already gone is fine).
+    pub async fn remove_snapshot(&self, key: &str) -> Result<(), ContainerdError> {
+        let r = self
+            .client
+            .snapshots()
+            .remove(in_namespace(RemoveSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+            }))
+            .await;
+        ignore_not_found(r.map(drop).map_err(call("Snapshots.Remove", key)))
+    }
+
+    /// Creates the task (the container's processes, not started yet) with its output to the
+    /// FIFOs `stdout` and `stderr`; returns its pid.
+    pub async fn create_task(
+        &self,
+        id: &str,
+        rootfs: Vec<Mount>,
+        stdout: &Path,
+        stderr: &Path,
+    ) -> Result<u32, ContainerdError> {
+        let r = self
+            .client
+            .tasks()
+            .create(in_namespace(CreateTaskRequest {
+                container_id: id.into(),
+                rootfs,
+                stdout: stdout.display().to_string(),
+                stderr: stderr.display().to_string(),
+                ..CreateTaskRequest::default()
+            }))
+            .await
+            .map_err(call("Tasks.Create", id))?;
+        Ok(r.into_inner().pid)
+    }
+
+    /// Starts the task's process.
+    pub async fn start_task(&self, id: &str) -> Result<u32, ContainerdError> {
+        let r = self
+            .client
+            .tasks()
+            .start(in_namespace(StartRequest {
+                container_id: id.into(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(call("Tasks.Start", id))?;
+        Ok(r.into_inner().pid)
+    }
+
+    /// Waits until the task exits; returns its exit status.
+    pub async fn wait_task(&self, id: &str) -> Result<u32, ContainerdError> {
+        let r = self
+            .client
+            .tasks()
+            .wait(in_namespace(WaitRequest {
+                container_id: id.into(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(call("Tasks.Wait", id))?;
+        Ok(r.into_inner().exit_status)
+    }
+
+    /// Sends `signal` to every process of the task (already gone is fine).
+    pub async fn kill_task(&self, id: &str, signal: u32) -> Result<(), ContainerdError> {
+        let r = self
+            .client
+            .tasks()
+            .kill(in_namespace(KillRequest {
+                container_id: id.into(),
+                exec_id: String::new(),
+                signal,
+                all: true,
+            }))
+            .await;
+        ignore_not_found(r.map(drop).map_err(call("Tasks.Kill", id)))
+    }
+
+    /// Deletes the task of an exited container (already gone is fine).
+    pub async fn delete_task(&self, id: &str) -> Result<(), ContainerdError> {
+        let r = self
+            .client
+            .tasks()
+            .delete(in_namespace(DeleteTaskRequest {
+                container_id: id.into(),
+            }))
+            .await;
+        ignore_not_found(r.map(drop).map_err(call("Tasks.Delete", id)))
+    }
+}
+
+fn ignore_not_found(r: Result<(), ContainerdError>) -> Result<(), ContainerdError> {
+    match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}
