@@ -307,6 +307,13 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
         api: Arc::new(api),
         containers: container_paths(&args, boot.as_ref()),
     }));
+    if boot.is_some() && node.containers.is_some() {
+        for module in machined::containers::system::KERNEL_MODULES {
+            if let Err(e) = node.host.load_module(module, &[]) {
+                console(&state_dir, &format!("containers: module {module}: {e}"));
+            }
+        }
+    }
     let mut services = Vec::new();
     if let Some(config) = &machine_config {
         match node.service_specs(config) {

@@ -40,7 +40,7 @@ const VERSION: &str = "0.9.1-early-boot";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// The stage lines, in the order machined prints them.
-const STAGES: [&str; 11] = [
+const STAGES: [&str; 12] = [
     "api-filesystems",
     "cmdline",
     "modules",
@@ -49,6 +49,7 @@ const STAGES: [&str; 11] = [
     "verity",
     "verify",
     "root",
+    "system-links",
     "state",
     "data",
     "boot",

@@ -21,6 +21,10 @@ use basalt_config::schema::Registry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Kernel modules containers need beyond the built-ins of Debian's kernels (namespaces,
+/// cgroup v2 and seccomp are built in): the overlay file system of the snapshotter.
+pub const KERNEL_MODULES: &[&str] = &["overlay"];
+
 /// Where the container extension puts containerd on a node.
 pub const NODE_BIN_DIR: &str = "/usr/bin";
 

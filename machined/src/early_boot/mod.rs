@@ -6,7 +6,7 @@
 //!
 //! | stage | what |
 //! |---|---|
-//! | `api-filesystems` | `/proc`, `/sys`, `/dev` (devtmpfs), `/run`, `/tmp` |
+//! | `api-filesystems` | `/proc`, `/sys`, `/sys/fs/cgroup` (cgroup2), `/dev` (devtmpfs), `/run`, `/tmp` |
 //! | `cmdline` | `basalt.slot=` and `basalt.roothash=` from `/proc/cmdline` ([`cmdline`]) |
 //! | `modules` | the early modules with `finit_module`, in list order ([`modules`]) |
 //! | `partitions` | BOOT, SYSTEM-A/B, STATE, DATA by GPT name, waiting up to 10 s ([`block`]) |
@@ -14,6 +14,7 @@
 //! | `verity` | `rootfs.img` as a block device, then `basalt-root`: dm-verity with the command line's root hash ([`verity`], [`dm`]) |
 //! | `verify` | one full read of `basalt-root`: every block checked once |
 //! | `root` | `basalt-root` (squashfs) read-only at `/system` |
+//! | `system-links` | `/usr` and the dynamic loader linked into `/system` when the root has `/usr` (the container extension), see [`system_links`] |
 //! | `state` | STATE (ext4) read-write at `/var/lib/basalt`; created from the root's template when blank, grown to its partition ([`storage`]) |
 //! | `data` | the GPT grown to the disk's end with DATA extended, then DATA (ext4) read-write at `/var/lib/basalt-data`, grown online ([`storage`]) |
 //! | `boot` | BOOT (vfat) read-write at `/boot` (machined updates `uboot.env` there) |
@@ -57,6 +58,7 @@ pub mod modules;
 pub mod mounts;
 pub mod storage;
 mod sys;
+pub mod system_links;
 pub mod verity;
 
 use anyhow::{Context, anyhow};
@@ -444,6 +446,14 @@ pub fn run(console: &Console, host: &Host<'_>) -> anyhow::Result<EarlyBoot> {
                 None,
             ),
         )?;
+        Ok(())
+    })?;
+
+    stage(console, "system-links", || {
+        let made = system_links::apply(root, &system_dir)?;
+        if !made.is_empty() {
+            console.info(&format!("{} links into {SYSTEM_MOUNT}", made.len()));
+        }
         Ok(())
     })?;
 

@@ -152,6 +152,15 @@ pub fn api_filesystems(root: &Path) -> Vec<MountSpec> {
     vec![
         MountSpec::new("proc", root.join("proc"), "proc", kernel, None),
         MountSpec::new("sysfs", root.join("sys"), "sysfs", kernel, None),
+        // The unified cgroup hierarchy: containerd and runc put each container in a cgroup
+        // of its own (memory and CPU limits) below it.
+        MountSpec::new(
+            "cgroup2",
+            root.join("sys/fs/cgroup"),
+            "cgroup2",
+            kernel,
+            Some("nsdelegate"),
+        ),
         MountSpec::new(
             "devtmpfs",
             root.join("dev"),
@@ -225,10 +234,14 @@ pub(crate) mod tests {
             .iter()
             .map(|s| s.target.display().to_string())
             .collect();
-        assert_eq!(targets, ["/proc", "/sys", "/dev", "/run", "/tmp"]);
-        assert_eq!(done[2].fstype, "devtmpfs");
-        assert!(!done[2].flags.nodev, "/dev must allow device nodes");
-        assert_eq!(done[4].data.as_deref(), Some("mode=1777"));
+        assert_eq!(
+            targets,
+            ["/proc", "/sys", "/sys/fs/cgroup", "/dev", "/run", "/tmp"]
+        );
+        assert_eq!(done[2].fstype, "cgroup2");
+        assert_eq!(done[3].fstype, "devtmpfs");
+        assert!(!done[3].flags.nodev, "/dev must allow device nodes");
+        assert_eq!(done[5].data.as_deref(), Some("mode=1777"));
         assert!(done.iter().all(|s| s.flags.nosuid && !s.flags.read_only));
     }
 
