@@ -3,7 +3,7 @@
 //! This crate owns the data files under `boards/boards/` (one TOML file per board:
 //! architecture, bootloader family, partition table type and layout, console, kernel
 //! arguments, device trees, firmware, U-Boot binary and env storage, early kernel modules,
-//! support level) and their strict loader and validator. `basalt-image` and `basalt-flash`
+//! support level, optional image extensions) and their strict loader and validator. `basalt-image` and `basalt-flash`
 //! read boards only through this crate.
 //!
 //! - The board files are embedded with `include_str!`, so binaries need no data path:
@@ -27,8 +27,8 @@ pub mod validate;
 
 pub use model::{
     Arch, Board, BootConfig, BootloaderFamily, DiskLayout, EfiConfig, EnvManager, EnvStorageKind,
-    Filesystem, KernelConfig, LoadAddresses, PackageFile, Partition, PartitionRole, PartitionTable,
-    QemuConfig, QemuDrive, SupportLevel, UbootConfig, UbootDevice, UbootEnv,
+    Extensions, Filesystem, KernelConfig, LoadAddresses, PackageFile, Partition, PartitionRole,
+    PartitionTable, QemuConfig, QemuDrive, SupportLevel, UbootConfig, UbootDevice, UbootEnv,
 };
 pub use validate::Problem;
 

@@ -46,6 +46,31 @@ pub struct Board {
     /// How to run the board under QEMU, when it can be emulated.
     #[serde(default)]
     pub qemu: Option<QemuConfig>,
+    /// Optional parts of the system image (all on when the section is absent).
+    #[serde(default)]
+    pub extensions: Extensions,
+}
+
+/// Optional parts of a board's system image (`[extensions]`); each is on unless the board
+/// turns it off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extensions {
+    /// The container runtime in the root filesystem: containerd, its runc shim, runc and
+    /// the libraries they load, from the pinned packages. Default `true`.
+    #[serde(default = "enabled")]
+    pub containers: bool,
+}
+
+impl Default for Extensions {
+    /// Every extension on.
+    fn default() -> Self {
+        Extensions { containers: true }
+    }
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// CPU architecture.

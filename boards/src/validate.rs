@@ -19,6 +19,9 @@
 //! - U-Boot env: `fat-file` needs `file`, `spi-flash` needs `offset`; a script-managed env
 //!   must be a file; size a multiple of 512 between 1 KiB and 16 MiB.
 //! - QEMU: the emulator matches the arch; `-bios` excludes pflash; `tested-in-qemu` needs it.
+//!
+//! `[extensions]` holds only switches (`containers = false`); their names and types are
+//! checked by the strict decoding, so no rule here concerns them.
 
 use crate::model::{
     Arch, Board, BootloaderFamily, EnvManager, EnvStorageKind, Filesystem, PackageFile,

@@ -158,3 +158,38 @@ fn board_from_path_checks_name_and_reports_path() {
     let msg = Board::from_path(&missing).unwrap_err().to_string();
     assert!(msg.contains("nope.toml"), "{msg}");
 }
+
+#[test]
+fn extensions_default_on_and_can_be_turned_off() {
+    for b in Board::all().unwrap() {
+        assert!(
+            b.extensions.containers,
+            "{}: containers on by default",
+            b.name
+        );
+    }
+    let text = Board::embedded_source("qemu-arm64").unwrap();
+    let off = format!("{text}\n[extensions]\ncontainers = false\n");
+    let b = Board::from_toml(&off, "no-containers.toml").unwrap();
+    assert!(!b.extensions.containers);
+    let empty = format!("{text}\n[extensions]\n");
+    assert!(
+        Board::from_toml(&empty, "x.toml")
+            .unwrap()
+            .extensions
+            .containers
+    );
+    let typo = format!("{text}\n[extensions]\ncontainerd = false\n");
+    let msg = Board::from_toml(&typo, "typo.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("containerd") && msg.contains("typo.toml"),
+        "{msg}"
+    );
+    let not_bool = format!("{text}\n[extensions]\ncontainers = \"no\"\n");
+    let msg = Board::from_toml(&not_bool, "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("containers") || msg.contains("bool"), "{msg}");
+}

@@ -10,7 +10,7 @@
 //! | [`squashfs`] | the read-only root filesystem (squashfs v4 via `backhand`) |
 //! | [`verity`] | the dm-verity hash tree, computed in Rust, appended to the squashfs |
 //! | [`disk`] | partition layout and GPT/MBR tables with reproducible identifiers |
-//! | [`compose`] | system slot and BOOT as FAT built in Rust, STATE/DATA ext4, the assembled sparse disk image, and the release files |
+//! | [`compose`] | the root's system extensions (the container runtime from pinned packages), system slot and BOOT as FAT built in Rust, STATE/DATA ext4, the assembled sparse disk image, and the release files |
 //! | [`bmap`] | the bmaptool-compatible block map (XML 2.0, sha256 per range) |
 //! | [`bundle`] | the signed update bundle (Ed25519, per-chunk hash index for resumable and adaptive downloads; docs/BUNDLE-FORMAT.md) |
 //!

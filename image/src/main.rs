@@ -3,7 +3,7 @@
 //! ```text
 //! basalt-image boards
 //! basalt-image build --board qemu-arm64 --version 1.2.0 --out out/qemu-arm64 \
-//!     --machined target/node/aarch64/machined [--overlay DIR]...
+//!     --machined target/node/aarch64/machined [--overlay DIR]... [--no-containers]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -79,6 +79,11 @@ enum Command {
         /// Let an overlay replace this composer-written path on BOOT (e.g. boot.scr).
         #[arg(long, value_name = "PATH")]
         allow_replace: Vec<String>,
+        /// Leave the container runtime (containerd, runc and their libraries) out of the
+        /// root filesystem; a board with `[extensions] containers = false` leaves it out
+        /// anyway.
+        #[arg(long)]
+        no_containers: bool,
     },
     /// Squash a folder into a squashfs image the way `build` makes the root filesystem
     /// (zstd, root-owned, modes normalised, timestamps from SOURCE_DATE_EPOCH); used by
@@ -199,6 +204,7 @@ fn run(cli: Cli) -> Result<()> {
             signing_key,
             overlay,
             allow_replace,
+            no_containers,
         } => {
             let board = Board::resolve(&board)?;
             let cwd = std::env::current_dir().context("cannot read the current folder")?;
@@ -230,6 +236,7 @@ fn run(cli: Cli) -> Result<()> {
                 machined,
                 epoch: source_date_epoch()?,
                 signing_key,
+                containers: !no_containers,
             };
             let overlays = UserOverlays {
                 dirs: overlay,
@@ -247,6 +254,16 @@ fn run(cli: Cli) -> Result<()> {
                 output.disk_image.display()
             );
             println!("slot image:   {}", output.slot_image.display());
+            let extensions: Vec<String> = output
+                .extensions
+                .iter()
+                .map(|e| format!("{} ({} files, {} bytes)", e.name, e.files, e.bytes))
+                .collect();
+            if extensions.is_empty() {
+                println!("extensions:   none");
+            } else {
+                println!("extensions:   {}", extensions.join(", "));
+            }
             Ok(())
         }
     }

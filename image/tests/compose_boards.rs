@@ -72,6 +72,13 @@ fn board_config(board: &str) -> String {
 fn rpi3_image_is_mbr_with_pi_firmware_uboot_and_config() {
     let dir = tempfile::tempdir().unwrap();
     let out = build_board(dir.path(), "rpi3", "rpi3", &UserOverlays::default());
+    // Built without the container runtime: the manifest lists no extension.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.disk_image.with_file_name("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["extensions"], serde_json::json!([]));
+    assert!(out.extensions.is_empty());
     // MBR: 5 partitions = 3 primary + extended + logical ones, as sfdisk lists them.
     let (label, count) = table_of(&out.disk_image);
     assert_eq!(label, "dos", "rpi3 board file says mbr");

@@ -1,8 +1,9 @@
-//! Builds the default board's (qemu-arm64) disk image twice from the pinned inputs and
-//! checks it with tools nobody here wrote: `sgdisk -v` and `sfdisk -J` on the layout,
-//! `fsck.vfat -n` on BOOT and the slot, `fw_printenv` on the initial env, `mkimage -l` on
-//! boot.scr, `unsquashfs -l` on the root filesystem and `veritysetup verify` on its hash
-//! tree; and that the two builds are byte-identical (same SOURCE_DATE_EPOCH).
+//! Builds the default board's (qemu-arm64) disk image twice from the pinned inputs, with the
+//! container runtime in its root (the one image test that carries it; the others leave it
+//! out), and checks it with tools nobody here wrote: `sgdisk -v` and `sfdisk -J` on the
+//! layout, `fsck.vfat -n` on BOOT and the slot, `fw_printenv` on the initial env, `mkimage
+//! -l` on boot.scr, `unsquashfs -l` on the root filesystem and `veritysetup verify` on its
+//! hash tree; and that the two builds are byte-identical (same SOURCE_DATE_EPOCH).
 //!
 //! Needs the board inputs in cache/debs (scripts/setup-host).
 
@@ -11,12 +12,13 @@ mod common;
 use std::path::Path;
 
 use basalt_bootloader::partition_table::PartitionTable;
-use basalt_image::compose::overlay::UserOverlays;
 use basalt_image::compose::{BuildOutput, build};
-use common::{build_board, extract, mcopy, request, run};
+use common::{extract, mcopy, request, run};
 
 fn build_once(dir: &Path, name: &str) -> BuildOutput {
-    build_board(dir, "qemu-arm64", name, &UserOverlays::default())
+    let mut req = request(dir, "qemu-arm64", name);
+    req.containers = true;
+    build(&req).unwrap_or_else(|e| panic!("qemu-arm64 build failed: {e}"))
 }
 
 #[test]
@@ -78,6 +80,22 @@ fn qemu_arm64_image_passes_reference_tools_and_is_reproducible() {
         files.contains(&format!("lib/modules/{}/modules.dep", first.kernel_release)),
         "modules.dep missing from the root filesystem"
     );
+    for path in [
+        "usr/bin/containerd",
+        "usr/bin/containerd-shim-runc-v2",
+        "usr/sbin/runc",
+        "usr/lib/aarch64-linux-gnu/libseccomp.so.2",
+        "usr/lib/aarch64-linux-gnu/libc.so.6",
+        "usr/lib/ld-linux-aarch64.so.1",
+    ] {
+        let line = format!("squashfs-root/{path}\n");
+        assert!(
+            files.contains(&line),
+            "{path} missing from the root filesystem"
+        );
+    }
+    assert!(!files.contains("usr/bin/ctr"), "ctr in the root filesystem");
+    assert_eq!(first.extensions.len(), 1, "{:?}", first.extensions);
     // The hash tree sits after the squashfs at a 4 KiB boundary (see basalt_image::verity).
     let sb = run("unsquashfs", &["-s", r]);
     let bytes_used: u64 = sb
@@ -136,6 +154,12 @@ fn qemu_arm64_image_passes_reference_tools_and_is_reproducible() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["verity_root_hash"], first.root_hash.as_str());
+    let ext = &manifest["extensions"][0];
+    assert_eq!(ext["name"], "containers");
+    assert_eq!(ext["packages"][0]["package"], "containerd");
+    assert_eq!(ext["packages"][0]["arch"], "arm64");
+    assert_eq!(ext["files"], 8);
+    assert_eq!(ext["bytes"], first.extensions[0].bytes);
     let disk_entry = manifest["artefacts"]
         .as_array()
         .unwrap()

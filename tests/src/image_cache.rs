@@ -7,10 +7,11 @@
 //! only read.
 //!
 //! The key is a SHA-256 over everything a build depends on: the board as loaded (tests may
-//! change its early modules), version, epoch, kernel source, the bytes of `machined` and of
-//! the signing key, and the sources of the image builder (`image/src`, `bootloader/src`,
-//! `boards/`, `overlays/`, `scripts/inputs.lock`, `Cargo.lock`). A changed builder gives a
-//! new key, never a stale image. Two test processes asking for one key at once are
+//! change its early modules), version, epoch, kernel source, whether the root carries the
+//! container runtime, the bytes of `machined` and of the signing key, and the sources of
+//! the image builder (`image/src`, `bootloader/src`, `boards/`, `overlays/`,
+//! `scripts/inputs.lock`, `Cargo.lock`). A changed builder gives a new key, never a stale
+//! image. Two test processes asking for one key at once are
 //! serialised by a file lock on `<key>.lock`; an entry appears by renaming a finished
 //! folder, so a build cut short leaves nothing that looks complete. `scripts/test-all`
 //! empties the folder at the start of a run, which bounds its size.
@@ -89,6 +90,8 @@ fn output_of(req: &BuildRequest) -> BuildOutput {
         root_hash: text("verity_root_hash"),
         plan: disk_plan(&req.board).expect("the board's disk plan"),
         kernel_release: text("kernel_release"),
+        extensions: serde_json::from_value(manifest["extensions"].clone())
+            .expect("manifest.json lists its extensions"),
     }
 }
 
@@ -126,6 +129,7 @@ fn cache_key(repo: &Path, req: &BuildRequest) -> String {
     field("version", req.version.as_bytes());
     field("epoch", &req.epoch.to_le_bytes());
     field("kernel", format!("{:?}", req.kernel).as_bytes());
+    field("containers", &[u8::from(req.includes_containers())]);
     let digest = |p: &Path| sha256_file(p).unwrap_or_else(|e| panic!("hash {}: {e}", p.display()));
     field("machined", digest(&req.machined).as_bytes());
     let key = req.signing_key.as_deref().map(digest).unwrap_or_default();

@@ -5,7 +5,8 @@
 //! library holds the shared harness:
 //!
 //! - [`node_machined`]: the static machined for a node (`scripts/build-node`), once per run;
-//! - [`build_image`]: a board's disk image around it, into the test's temp folder;
+//! - [`build_image`]: a board's disk image around it, into the test's temp folder, without
+//!   the container runtime ([`build_image_with_containers`] for the image that tests it);
 //! - [`node_machined_for`]: the same for another architecture (x86_64 nodes);
 //! - [`UefiFirmware`]: per-test copies of the UEFI firmware (QEMU's pflash wants its own
 //!   writable vars store, and on arm64 both images padded to 64 MiB);
@@ -148,8 +149,9 @@ pub fn with_test_slots(mut board: Board) -> Board {
     board
 }
 
-/// Builds `board` with [`TEST_SLOT_MIB`] slots at `version` into `dir` (see
-/// [`build_image_as_shipped`]).
+/// Builds `board` with [`TEST_SLOT_MIB`] slots at `version` into `dir`, without the
+/// container runtime in its root (only the image that tests containers carries it:
+/// [`build_image_with_containers`]); see [`build_image_as_shipped`].
 pub fn build_image(
     dir: &Path,
     board: Board,
@@ -157,19 +159,48 @@ pub fn build_image(
     machined: &Path,
     signing_key: Option<PathBuf>,
 ) -> Fixture {
-    build_image_as_shipped(dir, with_test_slots(board), version, machined, signing_key)
+    let board = with_test_slots(board);
+    build_fixture(dir, board, version, machined, signing_key, false)
+}
+
+/// As [`build_image`], with the container runtime (containerd, runc and their libraries,
+/// `basalt_image::compose::extension`) in the root filesystem, unless the board turns it
+/// off (`[extensions] containers = false`).
+pub fn build_image_with_containers(
+    dir: &Path,
+    board: Board,
+    version: &str,
+    machined: &Path,
+    signing_key: Option<PathBuf>,
+) -> Fixture {
+    let board = with_test_slots(board);
+    build_fixture(dir, board, version, machined, signing_key, true)
 }
 
 /// Builds `board` as its board file says at `version` into `dir` (replacing a previous
 /// run's; tests pass a folder under `CARGO_TARGET_TMPDIR`), with `machined` as the node's
-/// init. `signing_key` signs the update bundle. Built once per run for the same inputs
-/// ([`image_cache`]).
+/// init: the board's slot sizes, and its extensions (the container runtime unless the board
+/// turns it off), as a release of the board ships. `signing_key` signs the update bundle.
+/// Built once per run for the same inputs ([`image_cache`]).
 pub fn build_image_as_shipped(
     dir: &Path,
     board: Board,
     version: &str,
     machined: &Path,
     signing_key: Option<PathBuf>,
+) -> Fixture {
+    build_fixture(dir, board, version, machined, signing_key, true)
+}
+
+/// Builds `board` at `version` into `dir` through the [`image_cache`]; `containers` asks
+/// for the container runtime in the root filesystem.
+fn build_fixture(
+    dir: &Path,
+    board: Board,
+    version: &str,
+    machined: &Path,
+    signing_key: Option<PathBuf>,
+    containers: bool,
 ) -> Fixture {
     let dir = dir.to_path_buf();
     if dir.exists() {
@@ -190,6 +221,7 @@ pub fn build_image_as_shipped(
             cache,
             epoch: 1_700_000_000,
             signing_key,
+            containers,
         },
     );
     eprintln!(
@@ -330,6 +362,17 @@ impl Qemu {
     /// with 127.0.0.1:`api_port` forwarded to the node's API port 50000. The console goes
     /// to `log` as well.
     pub fn boot_arm64(disk: &Path, log: &Path, api_port: Option<u16>) -> Qemu {
+        Self::boot_arm64_forwarding(disk, log, api_port, &[])
+    }
+
+    /// [`Qemu::boot_arm64`] with more ports forwarded: each `(host, guest)` pair makes
+    /// 127.0.0.1:`host` reach the node's TCP port `guest` (only with `api_port`).
+    pub fn boot_arm64_forwarding(
+        disk: &Path,
+        log: &Path,
+        api_port: Option<u16>,
+        forwards: &[(u16, u16)],
+    ) -> Qemu {
         let mut cmd = Command::new("qemu-system-aarch64");
         cmd.args([
             "-M",
@@ -355,7 +398,13 @@ impl Qemu {
         match api_port {
             Some(port) => {
                 cmd.arg("-netdev")
-                    .arg(format!("user,id=n,hostfwd=tcp:127.0.0.1:{port}-:50000"))
+                    .arg(format!(
+                        "user,id=n,hostfwd=tcp:127.0.0.1:{port}-:50000{}",
+                        forwards
+                            .iter()
+                            .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+                            .collect::<String>()
+                    ))
                     .args(["-device", "virtio-net-device,netdev=n"]);
             }
             None => {

@@ -20,13 +20,22 @@
 //! 5. second boot of the same disk: configured from STATE straight away (no maintenance
 //!    mode, nothing created or grown again), `version` over mutual TLS works.
 //!
+//! Workloads ride on the same two boots (the image carries the container extension): the
+//! configuration of step 2 has a container service whose aarch64 image (busybox httpd,
+//! built by the test) comes from a registry on the host (Debian's docker-registry over TLS
+//! with a test CA, reached at 10.0.2.2), so in step 3 the node pulls it and runs it, the
+//! test reaches it through a port forward and `basaltctl logs` shows its access log; before
+//! step 5 the registry is stopped, and the container runs again from the node's local
+//! content store on DATA.
+//!
 //! Every QEMU is killed when its guard drops, also when an assertion fails. Needs what
 //! `qemu_early_boot` needs, plus basaltctl from the same `cargo test --workspace` build.
 
 use basalt_boards::Board;
+use basalt_tests::containers::{HTTPD_INDEX, Registry, busybox_httpd_image, push};
 use basalt_tests::loop_device::LoopDevice;
 use basalt_tests::{
-    Qemu, apply_config_insecure, build_image, ctl, free_port, gen_node_config,
+    Qemu, apply_config_insecure, build_image_with_containers, ctl, free_port, gen_node_config,
     maintenance_fingerprint, node_machined, ok, output_text, require_qemu_arm64,
 };
 use std::os::unix::fs::FileExt;
@@ -76,6 +85,70 @@ fn gpt_partition(disk: &Path, name: &str) -> (u64, u64, u64) {
     )
 }
 
+/// The port the test container's httpd listens on inside the node.
+const WEB_PORT: u16 = 8080;
+
+/// The `ServiceConfig` of the test: a registry at 10.0.2.2 (the host, from QEMU's user
+/// network) with its CA, and the web container from it.
+fn services_yaml(registry: &Registry, image: &str) -> String {
+    let ca: String = registry
+        .ca_pem()
+        .expect("TLS registry")
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    format!(
+        "---\napiVersion: basalt.dev/v1alpha1\nkind: ServiceConfig\nregistries:\n  - host: {}\n    \
+         ca: |\n{ca}services:\n  - name: web\n    image: {image}\n    memory: 64Mi\n",
+        image.split('/').next().expect("a registry host")
+    )
+}
+
+/// Waits until `basaltctl services -o json` shows `name` running and healthy; returns
+/// how long that took.
+fn wait_running(client: &Path, name: &str, within: Duration) -> Duration {
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = ctl(Some(client), &["services", "-o", "json"]);
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let service = json[0]["result"]["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["id"] == name).cloned());
+        if let Some(s) = &service
+            && s["state"] == "running"
+            && s["healthy"] == true
+        {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{name} not running within {within:?}: {service:?}\n{}",
+            output_text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until the node's web container answers through the port forward.
+fn wait_page(web: u16, within: Duration) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = Command::new("curl")
+            .args(["-sf", "-m", "5", &format!("http://127.0.0.1:{web}/")])
+            .output()
+            .expect("curl runs");
+        if out.status.success() && out.stdout == HTTPD_INDEX.as_bytes() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "the container never answered on {web}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Checks that the ext4 in partition `name` fills it and is clean; returns its size.
 fn ext4_fills_partition(disk: &Path, name: &str) -> u64 {
     let (start, size, _) = gpt_partition(disk, name);
@@ -98,7 +171,7 @@ fn ext4_fills_partition(disk: &Path, name: &str) -> u64 {
 fn maintenance_then_configured_then_persistent() {
     require_qemu_arm64();
     let board = Board::load("qemu-arm64").unwrap();
-    let fx = build_image(
+    let fx = build_image_with_containers(
         &Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-node-api/v1"),
         board,
         "1.0.0",
@@ -108,6 +181,18 @@ fn maintenance_then_configured_then_persistent() {
     );
     let port = free_port();
     let endpoint = format!("127.0.0.1:{port}");
+    let web = free_port();
+    let forwards = [(web, WEB_PORT)];
+    let registry = Registry::start(&fx.dir.join("registry"), true);
+    let image = format!(
+        "10.0.2.2:{}/httpd:v1",
+        registry.addr().rsplit(':').next().expect("a port")
+    );
+    push(
+        &busybox_httpd_image(&fx.dir.join("httpd-arm64"), "arm64", WEB_PORT),
+        &registry.reference("httpd:v1"),
+        &registry,
+    );
 
     // 0. a larger disk with a blank STATE
     let disk = &fx.output.disk_image;
@@ -120,10 +205,11 @@ fn maintenance_then_configured_then_persistent() {
     drop(f);
 
     // 1. first boot: STATE created, DATA grown, maintenance mode
-    let mut qemu = Qemu::boot_arm64(
+    let mut qemu = Qemu::boot_arm64_forwarding(
         &fx.output.disk_image,
         &fx.dir.join("first-boot.console.log"),
         Some(port),
+        &forwards,
     );
     qemu.expect("API listening on", BOOT_TIMEOUT);
     qemu.expect("network up: eth0 10.0.2.15/24", Duration::from_secs(60));
@@ -148,6 +234,9 @@ fn maintenance_then_configured_then_persistent() {
 
     // 2. configuration through the maintenance API, pinned by fingerprint
     let node_config = gen_node_config(&fx.dir.join("ctl"), "qemu-node-1", &endpoint);
+    let mut text = std::fs::read_to_string(&node_config.machine_yaml).unwrap();
+    text.push_str(&services_yaml(&registry, &image));
+    std::fs::write(&node_config.machine_yaml, text).unwrap();
     let machine_yaml = s(&node_config.machine_yaml);
     let client = node_config.client_yaml;
     let wrong = format!(
@@ -166,6 +255,7 @@ fn maintenance_then_configured_then_persistent() {
         &fingerprint,
         &machine_yaml,
     ));
+    let applied_at = std::time::Instant::now();
     assert!(applied.contains("mutual TLS"), "{applied}");
 
     // 3. mutual TLS from now on
@@ -181,6 +271,18 @@ fn maintenance_then_configured_then_persistent() {
         "maintenance must be over: {}",
         output_text(&o)
     );
+
+    // the container: pulled from the host's registry, running, answering, logging
+    let took = wait_running(&client, "web", Duration::from_secs(300));
+    wait_page(web, Duration::from_secs(60));
+    eprintln!(
+        "apply-config to web running {:.1} s, to answering {:.1} s (pull included, TCG)",
+        took.as_secs_f64(),
+        applied_at.elapsed().as_secs_f64()
+    );
+    wait_running(&client, "containerd", Duration::from_secs(10));
+    let logs = ok(ctl(Some(&client), &["logs", "web"]));
+    assert!(logs.contains("response:200"), "{logs}");
 
     // 4. orderly power-off
     let off = ok(ctl(Some(&client), &["shutdown"]));
@@ -210,11 +312,13 @@ fn maintenance_then_configured_then_persistent() {
     assert_eq!(state_fs, state.request.size);
     eprintln!("DATA ext4 {data_fs} bytes (image: {data_before}), STATE ext4 {state_fs} bytes");
 
-    // 5. the configuration survived on STATE
-    let mut qemu = Qemu::boot_arm64(
+    // 5. the configuration survived on STATE, the image on DATA: no registry any more
+    drop(registry);
+    let mut qemu = Qemu::boot_arm64_forwarding(
         &fx.output.disk_image,
         &fx.dir.join("second-boot.console.log"),
         Some(port),
+        &forwards,
     );
     qemu.expect("API listening on", BOOT_TIMEOUT);
     qemu.expect("network up:", Duration::from_secs(60));
@@ -229,4 +333,11 @@ fn maintenance_then_configured_then_persistent() {
     }
     let version = ok(ctl(Some(&client), &["version"]));
     assert!(version.contains("machine qemu-node-1"), "{version}");
+    wait_running(&client, "web", Duration::from_secs(300));
+    wait_page(web, Duration::from_secs(60));
+    let logs = ok(ctl(Some(&client), &["logs", "web"]));
+    assert!(
+        !logs.contains("pull failed"),
+        "ran from the local store: {logs}"
+    );
 }

@@ -4,8 +4,10 @@
 //! 1. inputs: kernel, modules and DTBs, BOOT files (firmware, U-Boot) from the pinned
 //!    Debian packages ([`crate::inputs`]);
 //! 2. initramfs: `machined` as `/init` plus the board's early modules ([`crate::initramfs`]);
-//! 3. root filesystem: squashfs with the remaining modules, the Linux firmware and the empty STATE template ([`STATE_TEMPLATE`]), with a
-//!    dm-verity hash tree appended ([`crate::squashfs`], [`crate::verity`]);
+//! 3. root filesystem: squashfs with the remaining modules, the Linux firmware, the empty
+//!    STATE template ([`STATE_TEMPLATE`]) and the system extensions the build carries (the
+//!    container runtime, [`extension`]), with a dm-verity hash tree appended
+//!    ([`crate::squashfs`], [`crate::verity`]);
 //! 4. system slot: a FAT partition image with the kernel, DTBs, initramfs, `rootfs.img`
 //!    (squashfs + hash tree) and `basalt/slot.env` (the verity root hash, read by the boot
 //!    script and passed as `basalt.roothash=`);
@@ -30,6 +32,7 @@
 
 pub mod assemble;
 pub mod ext4;
+pub mod extension;
 pub mod fat_volume;
 pub mod outputs;
 pub mod overlay;
@@ -48,9 +51,10 @@ use basalt_bootloader::script::{
 
 use crate::disk::{self, DiskPlan, MIB, PartitionKind, PartitionRequest, TableType};
 use crate::initramfs::{InitramfsCompression, early_initramfs};
-use crate::inputs::{BoardInputs, DebCache, KernelSource, prepare_inputs};
+use crate::inputs::{BoardInputs, DebCache, KernelSource, ResolvedModules, prepare_inputs};
 use crate::squashfs::{SquashTree, SquashfsCompression, SquashfsOptions, write_squashfs};
 use crate::verity::{Salt, append_hash_tree};
+use extension::ExtensionReport;
 use fat_volume::{FatContent, build_fat};
 use overlay::{BootOverlay, UserOverlays};
 
@@ -127,6 +131,19 @@ pub struct BuildRequest {
     pub epoch: u64,
     /// Ed25519 key (PKCS#8 PEM) that signs the update bundle; no bundle without it.
     pub signing_key: Option<PathBuf>,
+    /// Whether the root filesystem carries the container runtime ([`extension`]): `true`
+    /// unless the build leaves it out (`basalt-image build --no-containers`). A board with
+    /// `[extensions] containers = false` leaves it out whatever this says
+    /// ([`BuildRequest::includes_containers`]).
+    pub containers: bool,
+}
+
+impl BuildRequest {
+    /// Whether this build puts the container runtime into the root filesystem: asked for by
+    /// the request and not turned off by the board.
+    pub fn includes_containers(&self) -> bool {
+        self.containers && self.board.extensions.containers
+    }
 }
 
 /// What a build produced, for the manifest.
@@ -142,6 +159,8 @@ pub struct BuildOutput {
     pub plan: DiskPlan,
     /// Kernel release.
     pub kernel_release: String,
+    /// The system extensions in the root filesystem (empty when none).
+    pub extensions: Vec<ExtensionReport>,
 }
 
 fn partition_requests(board: &Board) -> Vec<PartitionRequest> {
@@ -296,34 +315,16 @@ pub fn build_overlaid(
     })
 }
 
-fn compose(
+/// The tree of the slot's root filesystem: the modules not in the initramfs (`early`),
+/// their index, the Linux firmware, the STATE template and the extensions `req` carries.
+fn root_tree(
     req: &BuildRequest,
-    overlay: &BootOverlay,
+    inputs: &BoardInputs,
+    early: &ResolvedModules,
     work: &Path,
-    out: &Path,
-) -> Result<BuildOutput, ComposeError> {
-    let board = &req.board;
-    let seed = format!("{} {}", board.name, req.version);
-    let mtime = u32::try_from(req.epoch).unwrap_or(u32::MAX);
-    let plan = disk_plan(board)?;
-    let uefi = board.boot.family == BootloaderFamily::UefiSystemdBoot;
-
-    // 1. inputs
-    let inputs: BoardInputs = prepare_inputs(board, &req.kernel, &req.cache, &work.join("inputs"))
-        .map_err(step("gather the board inputs"))?;
+    seed: &str,
+) -> Result<(SquashTree, Vec<ExtensionReport>), ComposeError> {
     let index = &inputs.kernel.modules;
-
-    // 2. initramfs
-    let early = index
-        .resolve(&board.kernel.early_modules)
-        .map_err(step("resolve the early kernel modules"))?;
-    let initrd = work.join(SLOT_INITRD);
-    early_initramfs(&req.machined, index, &early)
-        .map_err(step("compose the initramfs"))?
-        .write_file(&initrd, InitramfsCompression::Gzip, mtime)
-        .map_err(step("write the initramfs"))?;
-
-    // 3. root filesystem: the modules not in the initramfs, their index, and firmware.
     let mut tree = SquashTree::new();
     let base = format!("lib/modules/{}", index.release());
     let early_paths: Vec<&str> = early.modules.iter().map(|m| m.installed_path()).collect();
@@ -353,7 +354,7 @@ fn compose(
             .map_err(step("add firmware to the root filesystem"))?;
     }
     let state_template = work.join("state-template.ext4");
-    let uuid = ext4::guid_text(&disk::derived_guid(&seed, "STATE fs"));
+    let uuid = ext4::guid_text(&disk::derived_guid(seed, "STATE fs"));
     ext4::make_ext4(
         &state_template,
         STATE_TEMPLATE_SIZE,
@@ -364,6 +365,49 @@ fn compose(
     .map_err(step("create the STATE template"))?;
     tree.add_file_from(STATE_TEMPLATE, 0o644, &state_template)
         .map_err(step("add the STATE template to the root filesystem"))?;
+    let mut extensions = Vec::new();
+    if req.includes_containers() {
+        let report = extension::add_containers(
+            &mut tree,
+            req.board.arch,
+            &req.cache,
+            &work.join("extensions"),
+        )
+        .map_err(step("add the container runtime to the root filesystem"))?;
+        extensions.push(report);
+    }
+    Ok((tree, extensions))
+}
+
+fn compose(
+    req: &BuildRequest,
+    overlay: &BootOverlay,
+    work: &Path,
+    out: &Path,
+) -> Result<BuildOutput, ComposeError> {
+    let board = &req.board;
+    let seed = format!("{} {}", board.name, req.version);
+    let mtime = u32::try_from(req.epoch).unwrap_or(u32::MAX);
+    let plan = disk_plan(board)?;
+    let uefi = board.boot.family == BootloaderFamily::UefiSystemdBoot;
+
+    // 1. inputs
+    let inputs: BoardInputs = prepare_inputs(board, &req.kernel, &req.cache, &work.join("inputs"))
+        .map_err(step("gather the board inputs"))?;
+    let index = &inputs.kernel.modules;
+
+    // 2. initramfs
+    let early = index
+        .resolve(&board.kernel.early_modules)
+        .map_err(step("resolve the early kernel modules"))?;
+    let initrd = work.join(SLOT_INITRD);
+    early_initramfs(&req.machined, index, &early)
+        .map_err(step("compose the initramfs"))?
+        .write_file(&initrd, InitramfsCompression::Gzip, mtime)
+        .map_err(step("write the initramfs"))?;
+
+    // 3. root filesystem
+    let (tree, extensions) = root_tree(req, &inputs, &early, work, &seed)?;
     let rootfs = work.join(SLOT_ROOTFS);
     let options = SquashfsOptions {
         compression: SquashfsCompression::Zstd,
@@ -469,5 +513,6 @@ fn compose(
         root_hash,
         plan,
         kernel_release: index.release().to_string(),
+        extensions,
     })
 }

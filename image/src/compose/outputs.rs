@@ -1,6 +1,9 @@
 //! The release files written next to the disk image: `disk.img.bmap` (bmaptool XML 2.0),
 //! `disk.img.zst`, the signed update bundle `slot.bundle` (when a signing key is given) and
-//! `manifest.json` (board, version, layout, sizes, sha256 of every artefact, verity root).
+//! `manifest.json` (board, version, layout, sizes, sha256 of every artefact, verity root,
+//! and the system extensions in the root filesystem: each one's name, its packages as
+//! pinned, and the number and uncompressed bytes of the files it added; an empty list when
+//! the build carries none).
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
@@ -8,6 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::extension::ExtensionReport;
 use super::{BuildOutput, BuildRequest, ComposeError, step};
 use crate::bmap::write_bmap;
 use crate::bundle::{BundleMeta, BundleWriter, load_signing_key};
@@ -27,6 +31,7 @@ struct Manifest<'a> {
     disk_size: u64,
     partition_table: &'static str,
     partitions: Vec<ManifestPartition>,
+    extensions: &'a [ExtensionReport],
     artefacts: Vec<Artefact>,
 }
 
@@ -122,6 +127,7 @@ pub fn write_release_files(
                 size: p.request.size,
             })
             .collect(),
+        extensions: &output.extensions,
         artefacts,
     };
     let mut json = serde_json::to_vec_pretty(&manifest).map_err(step("encode manifest.json"))?;

@@ -5,6 +5,9 @@
 //! strings (`name`, `depends`, `softdep`, `alias`, `vermagic`, …) that modpost and
 //! `MODULE_*()` macros put there. Only the section headers and that one section are read;
 //! 32/64-bit and both byte orders are understood.
+//!
+//! [`machine`] reads the file header's `e_machine`: the CPU a binary or library is built for,
+//! which the image composer checks against the board's architecture.
 
 /// A malformed ELF file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +69,24 @@ impl Reader<'_> {
 
 fn usize_of(v: u64) -> Result<usize, ElfError> {
     usize::try_from(v).map_err(|_| ElfError::Malformed("value too large"))
+}
+
+/// `e_machine` of 64-bit Arm.
+pub const EM_AARCH64: u16 = 183;
+/// `e_machine` of x86-64.
+pub const EM_X86_64: u16 = 62;
+
+/// The `e_machine` field of an ELF file (its first 20 bytes are enough), e.g. [`EM_AARCH64`].
+pub fn machine(data: &[u8]) -> Result<u16, ElfError> {
+    if data.len() < 20 || &data[..4] != b"\x7fELF" {
+        return Err(ElfError::Malformed("no ELF magic"));
+    }
+    let bytes = [data[0x12], data[0x13]];
+    match data[5] {
+        1 => Ok(u16::from_le_bytes(bytes)),
+        2 => Ok(u16::from_be_bytes(bytes)),
+        _ => Err(ElfError::Malformed("unknown ELF byte order")),
+    }
 }
 
 /// Returns the raw bytes of the section called `wanted`.
@@ -187,6 +208,18 @@ pub(crate) mod tests {
                 ("name".into(), "x".into())
             ]
         );
+    }
+
+    #[test]
+    fn reads_the_machine() {
+        let mut m = fake_module(b"name=x\0");
+        m[0x12..0x14].copy_from_slice(&EM_AARCH64.to_le_bytes());
+        assert_eq!(machine(&m), Ok(EM_AARCH64));
+        m[5] = 2;
+        m[0x12..0x14].copy_from_slice(&EM_X86_64.to_be_bytes());
+        assert_eq!(machine(&m), Ok(EM_X86_64));
+        assert!(machine(&m[..19]).is_err());
+        assert!(machine(b"#!/bin/sh\nexit 0\n....").is_err());
     }
 
     #[test]

@@ -173,6 +173,29 @@ enum Node {
     Symlink { target: String },
 }
 
+/// What a path of a [`SquashTree`] holds ([`SquashTree::entry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeEntry<'a> {
+    /// A directory.
+    Dir {
+        /// Permission bits.
+        perm: u16,
+    },
+    /// A regular file.
+    File {
+        /// Permission bits.
+        perm: u16,
+        /// The file its content is read from (a compressed one is decompressed); `None`
+        /// when the content is in memory.
+        source: Option<&'a Path>,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// The link target as stored.
+        target: &'a str,
+    },
+}
+
 /// The entries of a squashfs image, keyed by path (parents are created as 0755 dirs).
 #[derive(Debug, Clone, Default)]
 pub struct SquashTree {
@@ -286,6 +309,21 @@ impl SquashTree {
     /// Paths of all entries, sorted.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.nodes.keys().map(String::as_str)
+    }
+
+    /// The entry at `path` (`usr/bin/x` or `/usr/bin/x`), if any.
+    pub fn entry(&self, path: &str) -> Option<TreeEntry<'_>> {
+        Some(match self.nodes.get(path.trim_start_matches('/'))? {
+            Node::Dir { perm } => TreeEntry::Dir { perm: *perm },
+            Node::File { perm, content } => TreeEntry::File {
+                perm: *perm,
+                source: match content {
+                    Content::Path(p) | Content::Decompress(p) => Some(p.as_path()),
+                    Content::Bytes(_) => None,
+                },
+            },
+            Node::Symlink { target } => TreeEntry::Symlink { target },
+        })
     }
 
     /// The tree of directory `dir` (modes normalised, see the module documentation).
@@ -468,6 +506,19 @@ mod tests {
         let mut t = SquashTree::new();
         t.add_file("lib/modules/x/a.ko", 0o644, vec![1]).unwrap();
         t.add_symlink("lib/firmware/b", "a").unwrap();
+        assert_eq!(
+            t.entry("/lib/firmware/b"),
+            Some(TreeEntry::Symlink { target: "a" })
+        );
+        assert_eq!(t.entry("lib"), Some(TreeEntry::Dir { perm: 0o755 }));
+        assert_eq!(
+            t.entry("lib/modules/x/a.ko"),
+            Some(TreeEntry::File {
+                perm: 0o644,
+                source: None
+            })
+        );
+        assert_eq!(t.entry("lib/nothing"), None);
         assert!(t.add_file("lib/modules/x/a.ko", 0o644, vec![]).is_err());
         assert!(t.add_file("lib/modules/x/a.ko/y", 0o644, vec![]).is_err());
         let p: Vec<&str> = t.paths().collect();

@@ -35,7 +35,8 @@ pub fn run(tool: &str, args: &[&str]) -> String {
 }
 
 /// The request for `board` into `dir/name`, with a stand-in `/init` (these tests check the
-/// image's structure, not machined) and a signing key in `dir`.
+/// image's structure, not machined), a signing key in `dir` and without the container
+/// runtime (`compose_build` builds the one image that carries it).
 pub fn request(dir: &Path, board: &str, name: &str) -> BuildRequest {
     let init = dir.join("init");
     std::fs::write(&init, b"#!/bin/false\n").unwrap();
@@ -52,6 +53,7 @@ pub fn request(dir: &Path, board: &str, name: &str) -> BuildRequest {
         cache: DebCache::from_repo(&repo()).expect("inputs.lock: run scripts/setup-host"),
         epoch: 1_700_000_000,
         signing_key: Some(key),
+        containers: false,
     }
 }
 
