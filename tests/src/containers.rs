@@ -435,6 +435,14 @@ impl Registry {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
     }
+
+    /// Leaves the registry running after this value is gone (for a script that stops it
+    /// itself); returns its process id.
+    pub fn detach(self) -> u32 {
+        let pid = self.child.id();
+        std::mem::forget(self);
+        pid
+    }
 }
 
 impl Drop for Registry {

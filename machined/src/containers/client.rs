@@ -89,6 +89,15 @@ fn in_namespace<T>(message: T) -> Request<T> {
     request
 }
 
+/// The runc shim's options (`containerd.runc.v1.Options`), the one field machined sets.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RuncOptions {
+    /// Confine with chroot in a mount namespace instead of pivot_root (a root on rootfs
+    /// cannot be pivoted away).
+    #[prost(bool, tag = "1")]
+    no_pivot_root: bool,
+}
+
 /// A connection to containerd.
 #[derive(Clone)]
 pub struct Containerd {
@@ -227,19 +236,24 @@ impl Containerd {
     }
 
     /// Creates container `id` of `image` with the OCI runtime spec `spec` (JSON), on the
-    /// snapshot `id`.
+    /// snapshot `id`; with `no_pivot_root`, runc confines it without pivot_root.
     pub async fn create_container(
         &self,
         id: &str,
         image: &str,
         spec: &serde_json::Value,
+        no_pivot_root: bool,
     ) -> Result<(), ContainerdError> {
+        let options = no_pivot_root.then(|| prost_types::Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: prost::Message::encode_to_vec(&RuncOptions { no_pivot_root }),
+        });
         let container = Container {
             id: id.into(),
             image: image.into(),
             runtime: Some(Runtime {
                 name: RUNTIME.into(),
-                options: None,
+                options,
             }),
             spec: Some(prost_types::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),

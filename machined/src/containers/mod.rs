@@ -17,8 +17,10 @@
 //!
 //! Limits: registries over HTTPS only, with the system's or a configured CA (containerd 1.7's
 //! transfer service has no plain HTTP, mirrors or `hosts.toml`); no registry credentials
-//! yet; no seccomp profile
-//! and no user namespaces; users by name in an image are refused; an isolated network has
+//! yet; on a node, containers are confined with chroot in their mount namespace rather than
+//! pivot_root (machined and so containerd run from the initramfs, whose root cannot be
+//! pivoted away), which a container with `CAP_SYS_ADMIN` (`privileged`) can leave; no
+//! seccomp profile and no user namespaces; users by name in an image are refused; an isolated network has
 //! only a loopback interface (no bridge, no port mapping).
 
 pub mod client;

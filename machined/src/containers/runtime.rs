@@ -276,7 +276,13 @@ impl ContainerRuntime {
                 message: "not a container service".into(),
             });
         };
-        let c = self.client().await.map_err(runtime_error(name))?;
+        let c = self
+            .client()
+            .await
+            .map_err(|e| ServiceError::RuntimeUnavailable {
+                name: name.into(),
+                message: e.to_string(),
+            })?;
         self.ensure_image(&c, name, container).await?;
         let image = self.image_config(&c, name, &container.image).await?;
         Self::remove_leftovers(&c, name)
@@ -290,9 +296,14 @@ impl ContainerRuntime {
             name: name.into(),
             message: format!("image {}: {e}", container.image),
         })?;
-        c.create_container(name, &container.image, &runtime_spec)
-            .await
-            .map_err(runtime_error(name))?;
+        c.create_container(
+            name,
+            &container.image,
+            &runtime_spec,
+            self.paths.no_pivot_root,
+        )
+        .await
+        .map_err(runtime_error(name))?;
         let started = self.start_task(&c, name, &image.chain_id).await;
         if started.is_err() {
             // Best effort: the next start removes what is left as well.

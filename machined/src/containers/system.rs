@@ -47,6 +47,10 @@ pub struct RuntimePaths {
     pub io_dir: PathBuf,
     /// Named volumes (persistent).
     pub volumes_dir: PathBuf,
+    /// Containers are confined without pivot_root: on a node machined runs from the
+    /// initramfs, whose root (rootfs) cannot be pivoted away, so runc uses chroot in the
+    /// container's mount namespace instead (as Docker does on a ramdisk root).
+    pub no_pivot_root: bool,
 }
 
 impl RuntimePaths {
@@ -67,6 +71,7 @@ impl RuntimePaths {
             ca_dir: PathBuf::from("/run/basalt/containerd/registry-cas"),
             io_dir: PathBuf::from("/run/basalt/containerd/io"),
             volumes_dir: data_dir.join("volumes"),
+            no_pivot_root: true,
         })
     }
 
@@ -82,6 +87,7 @@ impl RuntimePaths {
             ca_dir: base.join("registry-cas"),
             io_dir: base.join("io"),
             volumes_dir: base.join("volumes"),
+            no_pivot_root: false,
         }
     }
 

@@ -37,9 +37,13 @@ pub use supervisor::{ServiceState, ServiceStatus, Supervisor};
 
 impl ServiceError {
     /// Whether starting again later may succeed without a configuration change (a pull
-    /// from a registry that is down): retried with backoff, never given up.
+    /// from a registry that is down, a runtime still starting): retried with backoff, never
+    /// given up.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ServiceError::Pull { .. })
+        matches!(
+            self,
+            ServiceError::Pull { .. } | ServiceError::RuntimeUnavailable { .. }
+        )
     }
 }
 
@@ -91,6 +95,15 @@ pub enum ServiceError {
         /// The service.
         name: String,
         /// What went wrong (the image is named).
+        message: String,
+    },
+    /// The container runtime is not reachable (containerd starting or restarting); retried
+    /// with backoff like a failed pull.
+    #[error("service {name:?}: container runtime not available: {message}")]
+    RuntimeUnavailable {
+        /// The service.
+        name: String,
+        /// What went wrong.
         message: String,
     },
     /// The container runtime refused or failed a step of starting or stopping a container.
