@@ -23,5 +23,6 @@ pub mod compose;
 pub mod disk;
 pub mod initramfs;
 pub mod inputs;
+pub mod sparse;
 pub mod squashfs;
 pub mod verity;

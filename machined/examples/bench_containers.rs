@@ -10,7 +10,7 @@
 
 use basalt_proto::machine::v1 as pb;
 use basalt_tests::containers::{
-    HTTPD_INDEX, OciImage, Registry, busybox_static, containerd_bin_dir, push,
+    ContainerdCleanup, HTTPD_INDEX, OciImage, Registry, busybox_static, containerd_bin_dir, push,
 };
 use basaltctl::config::{MachineConfigInput, render_machine_config};
 use basaltctl::connect::{Clients, ConnectOptions, TlsSettings, connect};
@@ -188,6 +188,7 @@ async fn main() {
     );
     let with = format!("{without}  - name: web\n    image: {image}\n");
     let state = work.path().join("state");
+    let _containerd = ContainerdCleanup(state.clone());
     machined::state::ConfigStore::open(&state)
         .unwrap()
         .store(without.as_bytes())

@@ -12,7 +12,8 @@ mod common;
 
 use basalt_proto::machine::v1 as pb;
 use basalt_tests::containers::{
-    HTTPD_INDEX, OciImage, Registry, busybox_httpd_image, busybox_static, containerd_bin_dir, push,
+    ContainerdCleanup, HTTPD_INDEX, OciImage, Registry, busybox_httpd_image, busybox_static,
+    containerd_bin_dir, push,
 };
 use basaltctl::connect::Clients;
 use common::{Fixture, Machined};
@@ -199,6 +200,8 @@ async fn containers_run_fail_alone_restart_and_follow_the_config() {
         .store(config.as_bytes())
         .unwrap();
     let bin = containerd_bin_dir("amd64");
+    // Dropped after machined: containerd, its shims and containers end with the test.
+    let _containerd = ContainerdCleanup(state.clone());
     let node = Machined::start_with(
         &state,
         &[

@@ -14,6 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
@@ -92,8 +93,8 @@ impl Read for FileSlice {
         if want == 0 {
             return Ok(0);
         }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let read = self.file.read(&mut buf[..want])?;
+        // Positioned I/O: one system call, no seek (fatfs reads and writes sector by sector).
+        let read = self.file.read_at(&mut buf[..want], self.start + self.pos)?;
         self.pos += read as u64;
         Ok(read)
     }
@@ -112,8 +113,7 @@ impl Write for FileSlice {
             ));
         }
         let want = buf.len().min(room);
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let written = self.file.write(&buf[..want])?;
+        let written = self.file.write_at(&buf[..want], self.start + self.pos)?;
         self.pos += written as u64;
         Ok(written)
     }

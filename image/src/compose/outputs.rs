@@ -51,7 +51,7 @@ struct Artefact {
 }
 
 fn compress_zstd(input: &Path, output: &Path) -> io::Result<()> {
-    let mut reader = BufReader::new(File::open(input)?);
+    let mut reader = BufReader::with_capacity(1 << 20, crate::sparse::SparseReader::open(input)?);
     let file = File::create(output)?;
     let mut encoder = zstd::stream::Encoder::new(BufWriter::new(file), ZSTD_LEVEL)?;
     encoder.include_checksum(true)?;

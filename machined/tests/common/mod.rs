@@ -107,9 +107,12 @@ impl Machined {
 }
 
 impl Drop for Machined {
+    /// An orderly stop (SIGTERM: machined stops its services, which run in process groups
+    /// of their own and would outlive a SIGKILL), then SIGKILL if it takes too long.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate(Duration::from_secs(20));
+        }
     }
 }
 
