@@ -283,6 +283,11 @@ fn maintenance_then_configured_then_persistent() {
     wait_running(&client, "containerd", Duration::from_secs(10));
     let logs = ok(ctl(Some(&client), &["logs", "web"]));
     assert!(logs.contains("response:200"), "{logs}");
+    // Measured for docs/PERFORMANCE.md: the runtime's memory on the node.
+    let processes = ok(ctl(Some(&client), &["processes"]));
+    for line in processes.lines().filter(|l| l.contains("containerd")) {
+        eprintln!("node process: {line}");
+    }
 
     // 4. orderly power-off
     let off = ok(ctl(Some(&client), &["shutdown"]));
