@@ -93,7 +93,17 @@ async fn apply(c: &mut Clients, yaml: &str) {
         .expect("apply");
 }
 
+/// `ctr` in the bench's own namespace.
 fn ctr(socket: &Path, args: &[&str]) -> std::process::Output {
+    ctr_in(socket, "bench", args)
+}
+
+/// `ctr` in machined's namespace.
+fn ctr_basalt(socket: &Path, args: &[&str]) -> std::process::Output {
+    ctr_in(socket, "basalt", args)
+}
+
+fn ctr_in(socket: &Path, namespace: &str, args: &[&str]) -> std::process::Output {
     Command::new(
         containerd_bin_dir(basalt_tests::containers::debian_arch(
             std::env::consts::ARCH,
@@ -102,7 +112,7 @@ fn ctr(socket: &Path, args: &[&str]) -> std::process::Output {
     )
     .arg("--address")
     .arg(socket)
-    .args(["--namespace", "bench"])
+    .args(["--namespace", namespace])
     .args(args)
     .output()
     .expect("ctr")
@@ -277,20 +287,4 @@ async fn main() {
     for (i, kib) in shims.iter().enumerate() {
         println!("| containerd-shim-runc-v2 #{i} | {kib} KiB |");
     }
-}
-
-/// `ctr` in machined's namespace.
-fn ctr_basalt(socket: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(
-        containerd_bin_dir(basalt_tests::containers::debian_arch(
-            std::env::consts::ARCH,
-        ))
-        .join("ctr"),
-    )
-    .arg("--address")
-    .arg(socket)
-    .args(["--namespace", "basalt"])
-    .args(args)
-    .output()
-    .expect("ctr")
 }
