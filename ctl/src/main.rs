@@ -9,6 +9,7 @@
 mod apply;
 mod follow;
 mod health;
+mod images_cmd;
 mod render;
 mod resources_cmd;
 mod services_cmd;
@@ -144,6 +145,14 @@ enum Command {
         /// What to do.
         #[arg(value_enum)]
         action: render::ServiceAction,
+    },
+    /// List the container images on each node, with the services that use them.
+    Images,
+    /// Remove container images: one (`rm NAME`) or every unused one (`prune`).
+    Image {
+        /// What to do.
+        #[command(subcommand)]
+        action: images_cmd::ImageAction,
     },
     /// Show the log of one service ("machined" for the daemon's own log).
     Logs {
@@ -452,6 +461,10 @@ fn unary_op(cli: &Cli) -> anyhow::Result<Op> {
         Command::BootStatus => Op::BootStatus,
         Command::Upgrade(u) => u.op(),
         Command::Services => Op::Services,
+        Command::Images => Op::Images,
+        Command::Image { action } => Op::Image {
+            action: action.clone(),
+        },
         Command::Health => Op::Health,
         Command::Service { name, action } => Op::Service {
             id: name.clone(),

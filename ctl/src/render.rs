@@ -107,6 +107,13 @@ pub enum Op {
     },
     /// MachineService.ServiceList.
     Services,
+    /// MachineService.ImageList.
+    Images,
+    /// MachineService.ImageRemove or ImagePrune.
+    Image {
+        /// What to do.
+        action: crate::images_cmd::ImageAction,
+    },
     /// `basaltctl health`.
     Health,
     /// MachineService.ServiceStart/Stop/Restart.
@@ -447,6 +454,8 @@ impl Op {
                 Ok(upgrade_rendered(&r))
             }
             Op::Services => crate::services_cmd::list(&mut c).await,
+            Op::Images => crate::images_cmd::list(&mut c).await,
+            Op::Image { action } => crate::images_cmd::act(&mut c, action).await,
             Op::Health => crate::health::health(&mut c).await,
             Op::Service { id, action } => crate::services_cmd::act(&mut c, id, action).await,
             Op::Reset {

@@ -80,6 +80,10 @@ struct Args {
     /// time sync).
     #[arg(long, default_value_t = machined::time_sync::DEFAULT_INTERVAL.as_secs())]
     time_sync_interval: u64,
+    /// Seconds between two looks of the image collector at DATA's fill level (0: unused
+    /// images are removed only on request).
+    #[arg(long, default_value_t = 60)]
+    image_gc_interval: u64,
     /// Dev mode: the version of the "booted" slot (A) upgrades are compared with.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     dev_version: String,
@@ -360,6 +364,10 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
             state_dir: state_dir.clone(),
         });
         tokio::spawn(time_sync.run(std::time::Duration::from_secs(args.time_sync_interval)));
+    }
+    if args.image_gc_interval > 0 {
+        let every = std::time::Duration::from_secs(args.image_gc_interval);
+        tokio::spawn(node.clone().collect_unused_images(every));
     }
     node.services.set_tuning(machined::services::Tuning {
         backoff_base: std::time::Duration::from_millis(args.service_backoff_ms),

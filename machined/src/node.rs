@@ -159,7 +159,7 @@ pub struct Node {
     /// The applied configuration, decoded once, for the controllers to watch.
     pub applied: crate::config_watch::ConfigPublisher,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
-    apply_lock: tokio::sync::Mutex<()>,
+    pub(crate) apply_lock: tokio::sync::Mutex<()>,
     /// Bumped by every apply that starts or ends a trial: a trial's revert timer acts only
     /// if the generation is still the one it was started with.
     trial_generation: AtomicU64,

@@ -22,11 +22,21 @@ impl Node {
                     .prepare()
                     .and_then(|()| rt.set_registries(registries))
                     .map_err(|e| crate::services::ServiceError::Config(e.to_string()))?;
-                Some(rt.paths().service(registries))
+                Some((
+                    rt.paths().service(registries),
+                    rt.paths().has_stored_content(),
+                ))
             }
             None => None,
         };
-        crate::services::spec::from_config(config, runtime.as_ref())
+        let runtime =
+            runtime.as_ref().map(
+                |(spec, holds_images)| crate::services::spec::RuntimeService {
+                    spec,
+                    holds_images: *holds_images,
+                },
+            );
+        crate::services::spec::from_config(config, runtime)
     }
 
     /// Makes the supervised services match the `ServiceConfig` of `config` (an applied

@@ -133,7 +133,14 @@ fn cgroup_value(paths: &[&str]) -> String {
     panic!("none of {paths:?} exists");
 }
 
-fn services_yaml(registry: &Registry, mode: &str, extra: &str) -> String {
+/// A ServiceConfig trusting `registry`, with `services` (YAML list items); unused images
+/// are removed by themselves only when the disk is full.
+fn service_config(registry: &Registry, services: &str) -> String {
+    service_config_gc(registry, services, 100)
+}
+
+/// The same, removing unused images once the disk is `gc_percent` full.
+fn service_config_gc(registry: &Registry, services: &str, gc_percent: u8) -> String {
     let ca: String = registry
         .ca_pem()
         .unwrap()
@@ -143,9 +150,16 @@ fn services_yaml(registry: &Registry, mode: &str, extra: &str) -> String {
     let r = registry.addr();
     format!(
         "---\napiVersion: basalt.dev/v1alpha1\nkind: ServiceConfig\n\
+         imageGC:\n  highPercent: {gc_percent}\n\
          registries:\n  - host: {r}\n    ca: |\n{ca}\
-         services:\n\
-         \x20 - name: web\n    image: {r}/httpd:v1\n    memory: 32Mi\n    cpu: 500m\n\
+         services:\n{services}"
+    )
+}
+
+fn services_yaml(registry: &Registry, mode: &str, extra: &str) -> String {
+    let r = registry.addr();
+    let services = format!(
+        "\x20 - name: web\n    image: {r}/httpd:v1\n    memory: 32Mi\n    cpu: 500m\n\
          \x20   volumes: [{{name: shared, mountPath: /www/shared, readOnly: true}}]\n\
          \x20   devices: [/dev/net/tun]\n\
          \x20 - name: worker\n    image: {r}/shell:v1\n    dependsOn: [web]\n\
@@ -154,7 +168,8 @@ fn services_yaml(registry: &Registry, mode: &str, extra: &str) -> String {
          \x20   volumes: [{{name: shared, mountPath: /data}}]\n\
          \x20 - name: helper\n    command: /bin/sh\n    args: [-c, 'exec sleep 300']\n    dependsOn: [worker]\n\
          {extra}"
-    )
+    );
+    service_config(registry, &services)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,6 +228,8 @@ async fn containers_run_fail_alone_restart_and_follow_the_config() {
             "2000",
             "--containerd-bin",
             bin.to_str().unwrap(),
+            "--image-gc-interval",
+            "1",
         ],
     );
     let mut c = fx.connect(&node, "admin", None).await.unwrap();
@@ -345,5 +362,202 @@ async fn containers_run_fail_alone_restart_and_follow_the_config() {
         ["web", "worker"],
         "removed services leave no container"
     );
+    images_are_listed_and_removed_when_unused(&mut c, &fx, &registry, &state).await;
     drop(node);
+}
+
+async fn apply(c: &mut Clients, config: String) {
+    c.machine
+        .apply_configuration(pb::ApplyConfigurationRequest {
+            data: config.into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+async fn images(c: &mut Clients) -> Vec<pb::ImageInfo> {
+    c.machine
+        .image_list(pb::ImageListRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+}
+
+/// `ctr images ls` as (name, digest, size) rows.
+fn ctr_images(state: &Path) -> Vec<(String, String, String)> {
+    ctr(state, &["images", "ls"])
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].into(), f[2].into(), format!("{} {}", f[3], f[4]))
+        })
+        .collect()
+}
+
+/// A size as containerd's `ctr` prints it (binary units, one decimal).
+fn ctr_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let (mut size, mut unit) = (bytes as f64, 0);
+    while size >= 1024.0 && unit < units.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    format!("{size:.1} {}", units[unit])
+}
+
+/// ImageList against `ctr`, ImageRemove refused while a service uses the image, a removal
+/// freeing the content, and ImagePrune.
+async fn images_are_listed_and_removed_when_unused(
+    c: &mut Clients,
+    fx: &Fixture,
+    registry: &Registry,
+    state: &Path,
+) {
+    let r = registry.addr();
+    let (httpd, shell) = (format!("{r}/httpd:v1"), format!("{r}/shell:v1"));
+    // `alien` was pulled (for another platform) and its service removed since.
+    let alien = format!("{r}/alien:v1");
+    let listed = images(c).await;
+    let rows: Vec<(String, String, String)> = listed
+        .iter()
+        .map(|i| (i.name.clone(), i.digest.clone(), ctr_size(i.size_bytes)))
+        .collect();
+    assert_eq!(rows, ctr_images(state), "ImageList agrees with ctr");
+    let users: Vec<(&str, Vec<String>)> = listed
+        .iter()
+        .map(|i| (i.name.as_str(), i.used_by.clone()))
+        .collect();
+    assert_eq!(
+        users,
+        [
+            (alien.as_str(), vec![]),
+            (httpd.as_str(), vec!["web".into()]),
+            (shell.as_str(), vec!["worker".into()])
+        ]
+    );
+    assert!(listed.iter().all(|i| i.size_known && i.size_bytes > 0));
+
+    let refused = c
+        .machine
+        .image_remove(pb::ImageRemoveRequest {
+            name: httpd.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("used by service web"),
+        "{refused:?}"
+    );
+    let missing = c
+        .machine
+        .image_remove(pb::ImageRemoveRequest {
+            name: format!("{r}/ghost:v1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+
+    // Without `web`, its image may go, and its content with it.
+    let worker = format!("  - name: worker\n    image: {shell}\n    args: ['exec sleep 300']\n");
+    apply(
+        c,
+        format!("{}{}", fx.config_yaml, service_config(registry, &worker)),
+    )
+    .await;
+    wait_for(c, "only worker", Duration::from_secs(60), |s| {
+        (s.len() == 2).then(|| running(s, "worker")).flatten()
+    })
+    .await;
+    let removed = c
+        .machine
+        .image_remove(pb::ImageRemoveRequest {
+            name: httpd.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(
+        (removed.name.as_str(), &removed.digest),
+        (httpd.as_str(), &listed[1].digest)
+    );
+    assert_eq!(
+        ctr_images(state)
+            .iter()
+            .map(|i| i.0.as_str())
+            .collect::<Vec<_>>(),
+        [alien.as_str(), shell.as_str()]
+    );
+    let content = ctr(state, &["content", "ls", "-q"]);
+    assert!(
+        !content.contains(&removed.digest),
+        "the removed image's content was collected: {content}"
+    );
+    let pruned = c
+        .machine
+        .image_prune(pb::ImagePruneRequest {})
+        .await
+        .unwrap();
+    let names: Vec<String> = pruned
+        .into_inner()
+        .removed
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, [alien], "unused: pruned; shell: in use");
+
+    // No services: prune takes the rest.
+    apply(
+        c,
+        format!("{}{}", fx.config_yaml, service_config(registry, "  []")),
+    )
+    .await;
+    let pruned = c
+        .machine
+        .image_prune(pb::ImagePruneRequest {})
+        .await
+        .unwrap();
+    let names: Vec<String> = pruned
+        .into_inner()
+        .removed
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, [shell]);
+    assert!(ctr_images(state).is_empty(), "{:?}", ctr_images(state));
+
+    // The image collector (every second here) removes what no service uses once the disk
+    // is as full as `imageGC.highPercent` says.
+    apply(
+        c,
+        format!("{}{}", fx.config_yaml, service_config(registry, &worker)),
+    )
+    .await;
+    wait_for(c, "worker again", Duration::from_secs(60), |s| {
+        running(s, "worker")
+    })
+    .await;
+    apply(
+        c,
+        format!(
+            "{}{}",
+            fx.config_yaml,
+            service_config_gc(registry, "  []", 1)
+        ),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctr_images(state).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the collector left {:?}",
+            ctr_images(state)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

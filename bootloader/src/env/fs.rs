@@ -3,7 +3,8 @@
 //! - [`FileStore`]: each copy is a whole file (`uboot.env` on the Raspberry Pi's FAT boot
 //!   partition, and `uboot-redund.env` when U-Boot is built with a redundant FAT env). A write
 //!   replaces the file atomically: temporary file in the same directory, fsync, rename over
-//!   the old file, fsync of the directory.
+//!   the old file, fsync of the file under its name (on FAT, what writes the new start
+//!   cluster and size into the directory entry), fsync of the directory.
 //! - [`DeviceStore`]: each copy is `size` bytes at an offset of a block device or image file,
 //!   as a line of `fw_env.config` describes it (`/dev/mmcblk0 0x3fc000 0x4000`). A write
 //!   overwrites the bytes in place and fsyncs the device; it can be torn by a power cut, which
@@ -102,7 +103,8 @@ impl EnvStore for FileStore {
     }
 }
 
-/// Atomically replaces `path` with `data`: temp file + fsync + rename + fsync of the directory.
+/// Atomically replaces `path` with `data`: temp file + fsync + rename + fsync of the renamed
+/// file + fsync of the directory.
 fn replace_file(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -123,6 +125,7 @@ fn replace_file(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp.write_all(data)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
+    File::open(path)?.sync_all()?;
     File::open(dir)?.sync_all()
 }
 

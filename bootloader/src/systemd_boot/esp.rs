@@ -5,8 +5,14 @@
 //! ignored, empty, `.` and `..` components are refused. Two implementations:
 //!
 //! - [`DirEsp`]: a mounted directory (`/boot/efi`). An atomic write is temp file in the
-//!   same directory → `fsync` → `rename` over the target → `fsync` of the directory; a
-//!   rename or delete is followed by an `fsync` of the directory.
+//!   same directory → `fsync` → `rename` over the target → `fsync` of the file under its
+//!   new name → `fsync` of the directory; a rename is followed by the same two `fsync`s, a
+//!   delete by the directory's. The file's own `fsync` after a rename matters on FAT: Linux
+//!   writes a renamed file's start cluster and size into its new directory entry only when
+//!   the file's inode is written back, which a directory `fsync` does not do; until then
+//!   (up to half a minute of writeback delay) the new name is an empty file on the disk.
+//!   machined also mounts FAT partitions with `dirsync`, which makes the kernel write the
+//!   new entry whole before it removes the old one.
 //! - [`super::FatEsp`]: a FAT file system inside an image file or block device, accessed with
 //!   the `fatfs` crate without mounting.
 
@@ -174,6 +180,13 @@ impl DirEsp {
         }
     }
 
+    /// Writes a renamed file's directory entry (start cluster, size) under its new name.
+    fn sync_renamed(&self, file: &Path, path: &str) -> Result<(), EspError> {
+        File::open(file)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| self.io("fsync the renamed", path, e))
+    }
+
     fn sync_dir(&self, dir: &Path, path: &str) -> Result<(), EspError> {
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -239,6 +252,7 @@ impl EspFs for DirEsp {
             let _ = fs::remove_file(&temp);
             return Err(self.io("replace", path, e));
         }
+        self.sync_renamed(&full, path)?;
         self.sync_dir(parent, path)
     }
 
@@ -246,6 +260,7 @@ impl EspFs for DirEsp {
         let (src, dst) = (self.resolve(from)?, self.resolve(to)?);
         let what = format!("{from} -> {to}");
         fs::rename(&src, &dst).map_err(|e| self.io("rename", &what, e))?;
+        self.sync_renamed(&dst, &what)?;
         for dir in [src.parent(), dst.parent()].into_iter().flatten() {
             self.sync_dir(dir, &what)?;
         }

@@ -18,6 +18,30 @@ pub struct ServiceConfig {
     /// The services, by unique name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
+    /// When images no service uses are removed by themselves.
+    #[serde(default, rename = "imageGC", skip_serializing_if = "Option::is_none")]
+    pub image_gc: Option<ImageGc>,
+}
+
+/// The default of [`ImageGc::high_percent`].
+pub const DEFAULT_IMAGE_GC_HIGH_PERCENT: u8 = 85;
+
+/// Removal of unused images when the disk they live on (DATA) fills up.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImageGc {
+    /// When DATA is at least this full (percent of its blocks in use, 1 to 100), every
+    /// image no configured service uses is removed. 100: only when DATA is full.
+    pub high_percent: u8,
+}
+
+impl ServiceConfig {
+    /// The fill level of DATA from which unused images are removed.
+    pub fn image_gc_high_percent(&self) -> u8 {
+        self.image_gc
+            .as_ref()
+            .map_or(DEFAULT_IMAGE_GC_HIGH_PERCENT, |g| g.high_percent)
+    }
 }
 
 /// A registry whose TLS certificate is signed by a CA of its own.

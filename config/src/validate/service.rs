@@ -62,6 +62,14 @@ pub const CAPABILITIES: &[&str] = &[
 ];
 
 pub(super) fn check(c: &mut Checker, s: &ServiceConfig) {
+    if let Some(gc) = &s.image_gc
+        && !(1..=100).contains(&gc.high_percent)
+    {
+        c.error(
+            &format!("{ROOT}.imageGC.highPercent"),
+            format!("{} is not a percentage from 1 to 100", gc.high_percent),
+        );
+    }
     let mut hosts = HashMap::new();
     for (i, registry) in s.registries.iter().enumerate() {
         check_registry(c, &format!("{ROOT}.registries[{i}]"), registry);
@@ -391,5 +399,19 @@ mod container_tests {
             );
         }
         assert!(errors("services:\n  - name: web\n    image: r.local:5000/web:1\n    memory: 64Mi\n    cpu: 500m\n    devices: [/dev/i2c-1]\n    capabilities: [CAP_NET_ADMIN, SYS_TIME]\n    volumes: [{name: data, mountPath: /data, readOnly: true}]\n").is_empty());
+    }
+
+    #[test]
+    fn the_image_gc_level_is_a_percentage() {
+        assert_eq!(
+            errors("imageGC:\n  highPercent: 0\n"),
+            ["ServiceConfig.imageGC.highPercent: 0 is not a percentage from 1 to 100"]
+        );
+        assert!(errors("imageGC:\n  highPercent: 100\n").is_empty());
+        let config = Config::from_yaml(&format!(
+            "{MACHINE}---\napiVersion: basalt.dev/v1alpha1\nkind: ServiceConfig\n"
+        ))
+        .unwrap();
+        assert_eq!(config.services.unwrap().image_gc_high_percent(), 85);
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Every RPC is implemented here except APPLY_MODE_TRY (UNIMPLEMENTED, says so). The
 //! upgrade RPCs live in [`crate::api::upgrade`], the streaming ones (Events, Logs, Dmesg)
-//! in [`crate::api::streams`]; services are [`crate::services`], Reset is
-//! [`Node::reset`].
+//! in [`crate::api::streams`], the images' translations in [`crate::api::images`];
+//! services are [`crate::services`], Reset is [`Node::reset`].
 
 use crate::api::guard::AuditNote;
 use crate::api::streams::{self, Stream};
@@ -348,6 +348,31 @@ impl MachineService for MachineApi {
         Ok(Response::new(pb::ServiceRestartResponse {
             message: describe(&s),
         }))
+    }
+
+    async fn image_list(
+        &self,
+        _request: Request<pb::ImageListRequest>,
+    ) -> Reply<pb::ImageListResponse> {
+        Ok(Response::new(crate::api::images::list(&self.node).await?))
+    }
+
+    async fn image_remove(
+        &self,
+        request: Request<pb::ImageRemoveRequest>,
+    ) -> Reply<pb::ImageRemoveResponse> {
+        Ok(Response::new(
+            crate::api::images::remove(&self.node, &request).await?,
+        ))
+    }
+
+    async fn image_prune(
+        &self,
+        request: Request<pb::ImagePruneRequest>,
+    ) -> Reply<pb::ImagePruneResponse> {
+        Ok(Response::new(
+            crate::api::images::prune(&self.node, &request).await?,
+        ))
     }
 
     type LogsStream = Stream<pb::LogEntry>;

@@ -22,6 +22,7 @@
 pub mod audit_service;
 pub mod authz;
 pub mod guard;
+pub mod images;
 pub mod machine;
 pub mod resource;
 pub mod streams;

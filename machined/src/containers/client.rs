@@ -6,8 +6,8 @@ use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetImageRequest, KillRequest, ListImagesRequest, ReadContentRequest,
-    StartRequest, TransferOptions, TransferRequest, WaitRequest,
+    DeleteImageRequest, DeleteTaskRequest, GetImageRequest, Image, KillRequest, ListImagesRequest,
+    ReadContentRequest, StartRequest, TransferOptions, TransferRequest, WaitRequest,
 };
 use containerd_client::types::transfer::{ImageStore, OciRegistry, UnpackConfiguration};
 use containerd_client::types::{Descriptor, Mount, Platform};
@@ -166,15 +166,35 @@ impl Containerd {
         }
     }
 
-    /// The names of the images in Basalt's namespace.
-    pub async fn image_names(&self) -> Result<Vec<String>, ContainerdError> {
+    /// The image records in Basalt's namespace.
+    pub async fn images(&self) -> Result<Vec<Image>, ContainerdError> {
         let r = self
             .client
             .images()
             .list(in_namespace(ListImagesRequest::default()))
             .await
             .map_err(call("Images.List", ""))?;
-        Ok(r.into_inner().images.into_iter().map(|i| i.name).collect())
+        Ok(r.into_inner().images)
+    }
+
+    /// Deletes image `name` if it still points to `target`, and waits for containerd's
+    /// garbage collection, which frees the content and unpacked layers no other image or
+    /// container holds.
+    pub async fn delete_image(
+        &self,
+        name: &str,
+        target: &Descriptor,
+    ) -> Result<(), ContainerdError> {
+        self.client
+            .images()
+            .delete(in_namespace(DeleteImageRequest {
+                name: name.into(),
+                sync: true,
+                target: Some(target.clone()),
+            }))
+            .await
+            .map_err(call("Images.Delete", name))?;
+        Ok(())
     }
 
     /// Pulls `reference` for `platform` and unpacks it into the snapshotter, with

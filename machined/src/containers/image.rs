@@ -56,6 +56,9 @@ pub struct Descriptor {
     pub media_type: String,
     /// Its digest.
     pub digest: String,
+    /// Its size in bytes.
+    #[serde(default)]
+    pub size: u64,
     /// Its platform (index entries).
     #[serde(default)]
     pub platform: Option<PlatformJson>,
@@ -81,6 +84,8 @@ struct Index {
 #[derive(Deserialize)]
 struct Manifest {
     config: Descriptor,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
 }
 
 /// What a container takes from its image's configuration.
@@ -181,6 +186,12 @@ pub fn select_manifest(image: &str, index: &[u8], arch: &str) -> Result<Descript
 /// The config descriptor of a manifest.
 pub fn manifest_config(image: &str, manifest: &[u8]) -> Result<Descriptor, ImageError> {
     Ok(json::<Manifest>(image, "the manifest", manifest)?.config)
+}
+
+/// The bytes a manifest refers to: its configuration and its (compressed) layers.
+pub fn manifest_content_size(image: &str, manifest: &[u8]) -> Result<u64, ImageError> {
+    let m: Manifest = json(image, "the manifest", manifest)?;
+    Ok(m.layers.iter().map(|l| l.size).sum::<u64>() + m.config.size)
 }
 
 /// Reads an image configuration and checks it is for `linux/arch`.

@@ -9,6 +9,8 @@
 //!   crate, over containerd's unix socket; no `ctr`), in Basalt's own namespace.
 //! - [`image`]: the image's manifest and configuration for the node's platform, read from the
 //!   content store (pure).
+//! - [`images`]: the image store as the API shows it (list with the services using each
+//!   image, remove, prune); an image a configured service uses is never removed.
 //! - [`oci_spec`]: the OCI runtime spec of a container service (pure).
 //! - [`runtime`]: [`ContainerRuntime`], the [`crate::services::Spawner`] of container services:
 //!   the supervisor runs containers exactly as it runs programs (dependencies, restart
@@ -25,6 +27,7 @@
 
 pub mod client;
 pub mod image;
+pub mod images;
 pub mod oci_spec;
 pub mod runtime;
 pub mod system;

@@ -25,6 +25,9 @@ use std::path::{Path, PathBuf};
 /// cgroup v2 and seccomp are built in): the overlay file system of the snapshotter.
 pub const KERNEL_MODULES: &[&str] = &["overlay"];
 
+/// containerd's content store blobs under its root (containerd's own on-disk layout).
+const CONTENT_BLOBS_DIR: &str = "io.containerd.content.v1.content/blobs/sha256";
+
 /// Where the container extension puts containerd on a node.
 pub const NODE_BIN_DIR: &str = "/usr/bin";
 
@@ -113,6 +116,15 @@ impl RuntimePaths {
             ttrpc = q(&self.socket.with_extension("sock.ttrpc")),
             opt = q(&self.root.join("opt")),
         )
+    }
+
+    /// Whether containerd's content store holds any blob (images, or the remains of a
+    /// pull): the node then keeps containerd running without container services, so that
+    /// its images can be listed, removed and collected.
+    pub fn has_stored_content(&self) -> bool {
+        std::fs::read_dir(self.root.join(CONTENT_BLOBS_DIR))
+            .map(|mut entries| entries.next().is_some())
+            .unwrap_or(false)
     }
 
     /// Creates the directories and writes the configuration (atomically).

@@ -17,7 +17,7 @@
 //! | `system-links` | `/usr` and the dynamic loader linked into `/system` when the root has `/usr` (the container extension), see [`system_links`] |
 //! | `state` | STATE (ext4) read-write at `/var/lib/basalt`; created from the root's template when blank, grown to its partition ([`storage`]) |
 //! | `data` | the GPT grown to the disk's end with DATA extended, then DATA (ext4) read-write at `/var/lib/basalt-data`, grown online ([`storage`]) |
-//! | `boot` | BOOT (vfat) read-write at `/boot` (machined updates `uboot.env` there) |
+//! | `boot` | BOOT (vfat) read-write at `/boot`, `dirsync` and `flush` (machined updates `uboot.env` or the loader entries there) |
 //!
 //! and `[basalt] booted slot A, verity root <hash>, version <version>`. The command line is
 //! parsed before the modules load so that a bad one fails at once.
@@ -474,7 +474,8 @@ pub fn run(console: &Console, host: &Host<'_>) -> anyhow::Result<EarlyBoot> {
                 p.boot.node().display().to_string(),
                 &boot_mount,
                 "vfat",
-                Flags::DATA_ONLY,
+                // Boot-state writes are renames on FAT: see `DirEsp` for why `dirsync`.
+                Flags::DATA_ONLY.dirsync(),
                 Some("flush"),
             ),
         )?;

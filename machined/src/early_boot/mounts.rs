@@ -18,6 +18,10 @@ pub struct Flags {
     pub nodev: bool,
     /// `MS_NOEXEC`.
     pub noexec: bool,
+    /// `MS_DIRSYNC`: directory changes (create, rename, delete) are written before the
+    /// call returns. On FAT it also orders a rename: the new entry, complete, before the old
+    /// one is removed.
+    pub dirsync: bool,
 }
 
 impl Flags {
@@ -27,12 +31,21 @@ impl Flags {
         nosuid: true,
         nodev: true,
         noexec: true,
+        dirsync: false,
     };
 
     /// The same, read-only.
     pub const fn read_only(self) -> Flags {
         Flags {
             read_only: true,
+            ..self
+        }
+    }
+
+    /// The same, with directory changes written synchronously.
+    pub const fn dirsync(self) -> Flags {
+        Flags {
+            dirsync: true,
             ..self
         }
     }
@@ -51,6 +64,9 @@ impl Flags {
         }
         if self.noexec {
             f |= M::NOEXEC;
+        }
+        if self.dirsync {
+            f |= M::DIRSYNC;
         }
         f
     }

@@ -145,27 +145,39 @@ impl Tuning {
     }
 }
 
+/// The container runtime as [`from_config`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeService<'a> {
+    /// The [`CONTAINERD`] system service.
+    pub spec: &'a ServiceSpec,
+    /// Run it even without container services (its store holds images to manage).
+    pub holds_images: bool,
+}
+
 /// The services to supervise for a decoded configuration: its `ServiceConfig` document's
-/// (none when it has none) and, when one of them is a container and the node has a
-/// container runtime, `runtime` (the [`CONTAINERD`] system service), which every container
-/// service then depends on. Checked as a whole: valid programs and images, known
-/// dependencies, no cycle. Without a runtime, container services are kept (their start
-/// fails with a message that says why) and the others run.
+/// (none when it has none) and, when the node has a container runtime and one of them is a
+/// container or the runtime holds images, the runtime (the [`CONTAINERD`] system service),
+/// which every container service then depends on. Checked as a whole: valid programs and
+/// images, known dependencies, no cycle. Without a runtime, container services are kept
+/// (their start fails with a message that says why) and the others run.
 pub fn from_config(
     config: &Config,
-    runtime: Option<&ServiceSpec>,
+    runtime: Option<RuntimeService<'_>>,
 ) -> Result<Vec<ServiceSpec>, ServiceError> {
-    let Some(services) = &config.services else {
-        return Ok(Vec::new());
+    let mut specs = match &config.services {
+        Some(services) => services
+            .services
+            .iter()
+            .cloned()
+            .map(service_spec)
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
     };
-    let mut specs = services
-        .services
-        .iter()
-        .cloned()
-        .map(service_spec)
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(runtime) = runtime
-        && specs.iter().any(|s| s.container().is_some())
+    if let Some(RuntimeService {
+        spec: runtime,
+        holds_images,
+    }) = runtime
+        && (holds_images || specs.iter().any(|s| s.container().is_some()))
     {
         for s in specs.iter_mut().filter(|s| s.container().is_some()) {
             s.depends_on.insert(0, runtime.name.clone());
@@ -368,11 +380,25 @@ mod tests {
         assert_eq!((c.memory_bytes, c.cpu_millis), (Some(64 << 20), Some(250)));
         assert_eq!(specs[0].depends_on, ["y"]);
         let runtime = spec(CONTAINERD, &[]);
-        let specs = from_config(&image, Some(&runtime)).unwrap();
+        let with = |holds_images| {
+            Some(RuntimeService {
+                spec: &runtime,
+                holds_images,
+            })
+        };
+        let specs = from_config(&image, with(false)).unwrap();
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, [CONTAINERD, "x", "y"]);
         assert_eq!(specs[1].depends_on, [CONTAINERD, "y"]);
         assert_eq!(specs[2].depends_on, Vec::<String>::new());
+        // Programs only: the runtime runs while it holds images, not otherwise.
+        assert_eq!(from_config(&config, with(false)).unwrap().len(), 2);
+        let names: Vec<String> = from_config(&none, with(true))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, [CONTAINERD]);
     }
 
     #[test]

@@ -278,6 +278,12 @@ pub async fn call(c: &mut Clients, rpc: &str, config: &str) -> Result<(), tonic:
             .service_restart(pb::ServiceRestartRequest::default())
             .await
             .map(drop),
+        (_, "ImageList") => m.image_list(pb::ImageListRequest {}).await.map(drop),
+        (_, "ImageRemove") => m
+            .image_remove(pb::ImageRemoveRequest::default())
+            .await
+            .map(drop),
+        (_, "ImagePrune") => m.image_prune(pb::ImagePruneRequest {}).await.map(drop),
         (_, "Logs") => m.logs(pb::LogsRequest::default()).await.map(drop),
         (_, "Dmesg") => m.dmesg(pb::DmesgRequest::default()).await.map(drop),
         (_, "Events") => m.events(pb::EventsRequest::default()).await.map(drop),
