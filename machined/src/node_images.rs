@@ -39,20 +39,34 @@ impl Node {
             .unwrap_or_default()
     }
 
-    async fn containerd(&self) -> Result<crate::containers::client::Containerd, ImagesError> {
+    /// A connection to containerd; `None` when its content store is empty (containerd then
+    /// need not run, and there is no image to list or remove).
+    async fn containerd(
+        &self,
+    ) -> Result<Option<crate::containers::client::Containerd>, ImagesError> {
         let runtime = self.containers.as_ref().ok_or(ImagesError::NoRuntime)?;
-        Ok(runtime.client().await?)
+        if !runtime.paths().has_stored_content() {
+            return Ok(None);
+        }
+        Ok(Some(runtime.client().await?))
     }
 
     /// Every image in the store, with the services that use it.
     pub async fn images(&self) -> Result<Vec<StoredImage>, ImagesError> {
-        let c = self.containerd().await?;
-        images::list(&c, &self.image_users()).await
+        match self.containerd().await? {
+            Some(c) => images::list(&c, &self.image_users()).await,
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Removes the image `name` names unless a configured service uses it.
     pub async fn remove_image(&self, name: &str) -> Result<StoredImage, ImagesError> {
-        let c = self.containerd().await?;
+        let users = self.image_users();
+        let Some(c) = self.containerd().await? else {
+            let name = images::normalized(name);
+            images::check_removable(&name, &users)?;
+            return Err(ImagesError::NotFound { name });
+        };
         let _no_apply = self.apply_lock.lock().await;
         let removed = images::remove(&c, name, &self.image_users()).await?;
         self.publish_removals(std::slice::from_ref(&removed));
@@ -61,7 +75,9 @@ impl Node {
 
     /// Removes every image no configured service uses.
     pub async fn prune_images(&self) -> Result<Vec<StoredImage>, ImagesError> {
-        let c = self.containerd().await?;
+        let Some(c) = self.containerd().await? else {
+            return Ok(Vec::new());
+        };
         let _no_apply = self.apply_lock.lock().await;
         let removed = images::prune(&c, &self.image_users()).await?;
         self.publish_removals(&removed);

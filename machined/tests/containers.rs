@@ -561,3 +561,101 @@ async fn images_are_listed_and_removed_when_unused(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped (also when an assertion fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs on {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "grow the tmpfs on {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A pull that runs out of space fails alone, says so, is retried, and succeeds once there
+/// is room: containerd's root (DATA on a node) is a tmpfs too small for the image, grown
+/// while the service waits for its next try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_onto_a_full_disk_fails_alone_and_succeeds_once_there_is_room() {
+    let fx = Fixture::new();
+    let work = fx.state_dir("work");
+    let registry = Registry::start(&work.join("registry"), true);
+    let shell = OciImage::new("amd64")
+        .file("/bin/busybox", &busybox_static("amd64"), 0o755)
+        .symlink("/bin/sh", "busybox")
+        .symlink("/bin/sleep", "busybox")
+        .entrypoint(&["/bin/sh", "-c"])
+        .cmd(&["echo up; exec sleep 300"])
+        .env(&["PATH=/bin"])
+        .write(&work.join("shell"));
+    push(&shell, &registry.reference("shell:v1"), &registry);
+    let state = fx.state_dir("node");
+    // Room for containerd's metadata, not for the image (busybox: about 1 MiB compressed).
+    let disk = Tmpfs::mount(&state.join("containerd/root"), "384k");
+    let services = format!(
+        "  - name: small\n    image: {}\n  - name: helper\n    command: /bin/sh\n    \
+         args: [-c, 'exec sleep 300']\n",
+        registry.reference("shell:v1")
+    );
+    let config = format!("{}{}", fx.config_yaml, service_config(&registry, &services));
+    machined::state::ConfigStore::open(&state)
+        .unwrap()
+        .store(config.as_bytes())
+        .unwrap();
+    let bin = containerd_bin_dir("amd64");
+    let _containerd = ContainerdCleanup(state.clone());
+    let node = Machined::start_with(
+        &state,
+        &[
+            "--service-backoff-ms",
+            "200",
+            "--containerd-bin",
+            bin.to_str().unwrap(),
+        ],
+    );
+    let mut c = fx.connect(&node, "admin", None).await.unwrap();
+    let minute = Duration::from_secs(60);
+    let full = wait_for(&mut c, "small: no space", minute, |s| {
+        find(s, "small")
+            .filter(|x| x.message.contains("no space left on device"))
+            .cloned()
+    })
+    .await;
+    assert!(
+        full.message.contains("pull failed") && full.message.contains("shell:v1"),
+        "{full:?}"
+    );
+    wait_for(&mut c, "helper running", minute, |s| running(s, "helper")).await;
+
+    disk.resize("64m");
+    wait_for(&mut c, "small running", minute, |s| running(s, "small")).await;
+    assert!(logs(&mut c, "small").await.contains("up"));
+    drop(node);
+}

@@ -12,23 +12,28 @@
 //!   log ring, signals to the whole group); tests may script exits with their own spawner.
 //! - [`logring`]: a bounded per-service ring of timestamped output lines (by line count
 //!   and bytes; over-long lines are split) with live followers.
-//! - [`supervisor`]: one task per service runs its lifecycle: wait for the dependencies to
-//!   be healthy, start, watch, restart with exponential backoff up to a limit of
-//!   consecutive failures, then mark failed; orderly stop (SIGTERM to the group, a
-//!   timeout, SIGKILL); an orderly shutdown in reverse dependency order. Every state change
-//!   is published on the event bus.
+//! - [`supervisor`]: the services by name, the requests (start, stop, restart, reconcile
+//!   with a new configuration) and an orderly shutdown in reverse dependency order; one
+//!   task per service (`task`) runs its lifecycle: wait for the dependencies to be healthy,
+//!   start, watch, restart with exponential backoff up to a limit of consecutive failures,
+//!   then mark failed; orderly stop (SIGTERM to the group, a timeout, SIGKILL). Every state
+//!   change is published on the event bus.
 //! - [`reaper`]: as PID 1, reaps orphaned zombies without stealing the exit status of the
 //!   supervisor's own children.
 //!
+//! Container services run through the same supervisor with the container runtime as their
+//! spawner ([`crate::containers`]).
+//!
 //! Limits: a service is healthy once it has kept running for [`Tuning::healthy_after`]
-//! (the schema has no health probes yet); OCI `image` services are refused (no container
-//! runtime on the node yet); no resource limits, users or namespaces.
+//! (the schema has no health probes yet); program services get no resource limits, users
+//! or namespaces (containers do).
 
 pub mod logring;
 pub mod process;
 pub mod reaper;
 pub mod spec;
 pub mod supervisor;
+mod task;
 
 pub use logring::{LogLine, LogRing, OutputStream};
 pub use process::{Exit, OsSpawner, Spawned, Spawner};
