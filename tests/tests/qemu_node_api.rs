@@ -24,7 +24,9 @@
 //! configuration of step 2 has a container service whose aarch64 image (busybox httpd,
 //! built by the test) comes from a registry on the host (Debian's docker-registry over TLS
 //! with a test CA, reached at 10.0.2.2), so in step 3 the node pulls it and runs it, the
-//! test reaches it through a port forward and `basaltctl logs` shows its access log; before
+//! test reaches it through a port forward, `basaltctl logs` shows its access log and
+//! `basaltctl images -o json` the image with the service using it (`image rm` of it is
+//! refused); before
 //! step 5 the registry is stopped, and the container runs again from the node's local
 //! content store on DATA.
 //!
@@ -283,6 +285,23 @@ fn maintenance_then_configured_then_persistent() {
     wait_running(&client, "containerd", Duration::from_secs(10));
     let logs = ok(ctl(Some(&client), &["logs", "web"]));
     assert!(logs.contains("response:200"), "{logs}");
+    // The node's image store through basaltctl: the image, used by web; removing it refused.
+    let images: serde_json::Value =
+        serde_json::from_str(&ok(ctl(Some(&client), &["images", "-o", "json"]))).unwrap();
+    let listed = &images[0]["result"]["images"];
+    assert_eq!(listed[0]["name"], image.as_str(), "{images:#}");
+    assert_eq!(
+        listed[0]["used_by"],
+        serde_json::json!(["web"]),
+        "{images:#}"
+    );
+    assert!(listed[0]["size_bytes"].as_u64() > Some(0), "{images:#}");
+    let rm = ctl(Some(&client), &["image", "rm", &image]);
+    assert!(
+        !rm.status.success() && output_text(&rm).contains("used by service web"),
+        "{}",
+        output_text(&rm)
+    );
     // Measured for docs/PERFORMANCE.md: the runtime's memory on the node.
     let processes = ok(ctl(Some(&client), &["processes"]));
     for line in processes.lines().filter(|l| l.contains("containerd")) {
