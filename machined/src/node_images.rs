@@ -61,14 +61,15 @@ impl Node {
 
     /// Removes the image `name` names unless a configured service uses it.
     pub async fn remove_image(&self, name: &str) -> Result<StoredImage, ImagesError> {
+        let c = self.containerd().await?;
+        let _no_apply = self.apply_lock.lock().await;
         let users = self.image_users();
-        let Some(c) = self.containerd().await? else {
+        let Some(c) = c else {
             let name = images::normalized(name);
             images::check_removable(&name, &users)?;
             return Err(ImagesError::NotFound { name });
         };
-        let _no_apply = self.apply_lock.lock().await;
-        let removed = images::remove(&c, name, &self.image_users()).await?;
+        let removed = images::remove(&c, name, &users).await?;
         self.publish_removals(std::slice::from_ref(&removed));
         Ok(removed)
     }

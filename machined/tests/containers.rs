@@ -133,6 +133,24 @@ fn cgroup_value(paths: &[&str]) -> String {
     panic!("none of {paths:?} exists");
 }
 
+/// A dev-mode machined with `config` stored, the pinned containerd as its runtime, a short
+/// service backoff and `extra` arguments.
+fn start_machined(state: &Path, config: &str, extra: &[&str]) -> Machined {
+    machined::state::ConfigStore::open(state)
+        .unwrap()
+        .store(config.as_bytes())
+        .unwrap();
+    let bin = containerd_bin_dir("amd64");
+    let mut args = vec![
+        "--service-backoff-ms",
+        "200",
+        "--containerd-bin",
+        bin.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Machined::start_with(state, &args)
+}
+
 /// A ServiceConfig trusting `registry`, with `services` (YAML list items); unused images
 /// are removed by themselves only when the disk is full.
 fn service_config(registry: &Registry, services: &str) -> String {
@@ -210,24 +228,16 @@ async fn containers_run_fail_alone_restart_and_follow_the_config() {
         fx.config_yaml,
         services_yaml(&registry, "blue", &bad)
     );
-    machined::state::ConfigStore::open(&state)
-        .unwrap()
-        .store(config.as_bytes())
-        .unwrap();
-    let bin = containerd_bin_dir("amd64");
     // Dropped after machined: containerd, its shims and containers end with the test.
     let _containerd = ContainerdCleanup(state.clone());
-    let node = Machined::start_with(
+    let node = start_machined(
         &state,
+        &config,
         &[
-            "--service-backoff-ms",
-            "200",
             "--service-restart-limit",
             "2",
             "--service-stop-timeout-ms",
             "2000",
-            "--containerd-bin",
-            bin.to_str().unwrap(),
             "--image-gc-interval",
             "1",
         ],
@@ -625,21 +635,8 @@ async fn a_pull_onto_a_full_disk_fails_alone_and_succeeds_once_there_is_room() {
         registry.reference("shell:v1")
     );
     let config = format!("{}{}", fx.config_yaml, service_config(&registry, &services));
-    machined::state::ConfigStore::open(&state)
-        .unwrap()
-        .store(config.as_bytes())
-        .unwrap();
-    let bin = containerd_bin_dir("amd64");
     let _containerd = ContainerdCleanup(state.clone());
-    let node = Machined::start_with(
-        &state,
-        &[
-            "--service-backoff-ms",
-            "200",
-            "--containerd-bin",
-            bin.to_str().unwrap(),
-        ],
-    );
+    let node = start_machined(&state, &config, &[]);
     let mut c = fx.connect(&node, "admin", None).await.unwrap();
     let minute = Duration::from_secs(60);
     let full = wait_for(&mut c, "small: no space", minute, |s| {

@@ -152,18 +152,23 @@ impl Containerd {
         Ok(v.into_inner().version)
     }
 
-    /// The target descriptor of image `name`, `None` when the node does not have it.
-    pub async fn image_target(&self, name: &str) -> Result<Option<Descriptor>, ContainerdError> {
+    /// The record of image `name`, `None` when the node does not have it.
+    pub async fn image(&self, name: &str) -> Result<Option<Image>, ContainerdError> {
         let got = self
             .client
             .images()
             .get(in_namespace(GetImageRequest { name: name.into() }))
             .await;
         match got {
-            Ok(r) => Ok(r.into_inner().image.and_then(|i| i.target)),
+            Ok(r) => Ok(r.into_inner().image),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(call("Images.Get", name)(s)),
         }
+    }
+
+    /// The target descriptor of image `name`, `None` when the node does not have it.
+    pub async fn image_target(&self, name: &str) -> Result<Option<Descriptor>, ContainerdError> {
+        Ok(self.image(name).await?.and_then(|i| i.target))
     }
 
     /// The image records in Basalt's namespace.

@@ -22,6 +22,7 @@ use super::image::{self, ImageError};
 use super::runtime::oci_arch;
 use basalt_config::Config;
 use basalt_config::image_ref::ImageReference;
+use containerd_client::services::v1::Image;
 use containerd_client::types::Descriptor;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -126,20 +127,31 @@ pub fn prune_candidates(names: &[String], users: &ImageUsers) -> Vec<String> {
 pub async fn list(c: &Containerd, users: &ImageUsers) -> Result<Vec<StoredImage>, ImagesError> {
     let mut out = Vec::new();
     for record in c.images().await? {
-        let Some(target) = record.target else {
-            continue;
-        };
-        let size = content_size(c, &record.name, &target).await?;
-        out.push(StoredImage {
-            used_by: users.get(&record.name).cloned().unwrap_or_default(),
-            created: record.created_at.and_then(to_system_time),
-            digest: target.digest,
-            name: record.name,
-            size,
-        });
+        if let Some(image) = stored(c, record, users).await? {
+            out.push(image);
+        }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// A containerd image record as the API shows it; `None` for a record without a target.
+async fn stored(
+    c: &Containerd,
+    record: Image,
+    users: &ImageUsers,
+) -> Result<Option<StoredImage>, ImagesError> {
+    let Some(target) = record.target else {
+        return Ok(None);
+    };
+    let size = content_size(c, &record.name, &target).await?;
+    Ok(Some(StoredImage {
+        used_by: users.get(&record.name).cloned().unwrap_or_default(),
+        created: record.created_at.and_then(to_system_time),
+        digest: target.digest,
+        name: record.name,
+        size,
+    }))
 }
 
 /// Removes the image `given` names (see [`normalized`]) unless a service uses it.
@@ -150,7 +162,10 @@ pub async fn remove(
 ) -> Result<StoredImage, ImagesError> {
     let name = normalized(given);
     check_removable(&name, users)?;
-    let found = list(c, users).await?.into_iter().find(|i| i.name == name);
+    let found = match c.image(&name).await? {
+        Some(record) => stored(c, record, users).await?,
+        None => None,
+    };
     let image = found.ok_or(ImagesError::NotFound { name })?;
     delete(c, &image).await?;
     Ok(image)
