@@ -1,4 +1,5 @@
-//! `basaltctl images`, `basaltctl image rm NAME` and `basaltctl image prune`.
+//! `basaltctl images`, `basaltctl image rm NAME`, `basaltctl image prune` and
+//! `basaltctl image import FILE`.
 
 use crate::render::{Rendered, status_err, ts};
 use basalt_proto::machine::v1 as pb;
@@ -16,6 +17,16 @@ pub enum ImageAction {
     },
     /// Remove every image no configured service uses.
     Prune,
+    /// Import an OCI image archive (`docker save`, `skopeo copy ... oci-archive:FILE`)
+    /// into the node, for sites without a registry; a cut transfer resumes where the node
+    /// is.
+    Import {
+        /// The archive file.
+        file: std::path::PathBuf,
+        /// Attempts when the stream drops (each resumes where the node is).
+        #[arg(long, default_value_t = 5)]
+        attempts: u32,
+    },
 }
 
 fn size(i: &pb::ImageInfo) -> String {
@@ -60,9 +71,36 @@ pub async fn list(c: &mut Clients) -> anyhow::Result<Rendered> {
     })
 }
 
-/// ImageRemove or ImagePrune.
+/// ImageImport, reporting its steps on standard error.
+async fn import(
+    c: &mut Clients,
+    file: &std::path::Path,
+    attempts: u32,
+) -> anyhow::Result<Rendered> {
+    let retry = basaltctl::upgrade::Retry {
+        attempts: attempts.max(1),
+        ..basaltctl::upgrade::Retry::default()
+    };
+    let mut report = |line: String| eprintln!("basaltctl: image import: {line}");
+    let r =
+        basaltctl::image_import::import_archive(&mut c.machine, file, &retry, &mut report).await?;
+    let text = r
+        .images
+        .iter()
+        .map(|i| format!("imported {} ({})", i.name, i.digest))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(Rendered {
+        text,
+        json: json!({"imported": r.images.iter().map(row).collect::<Vec<_>>(),
+            "bytes_received": r.bytes_received}),
+    })
+}
+
+/// ImageRemove, ImagePrune or ImageImport.
 pub async fn act(c: &mut Clients, action: ImageAction) -> anyhow::Result<Rendered> {
     let removed = match action {
+        ImageAction::Import { file, attempts } => return import(c, &file, attempts).await,
         ImageAction::Rm { name } => c
             .machine
             .image_remove(pb::ImageRemoveRequest { name })

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod connect;
 pub mod fanout;
+pub mod image_import;
 pub mod secrets;
 pub mod token;
 pub mod upgrade;

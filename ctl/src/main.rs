@@ -148,7 +148,8 @@ enum Command {
     },
     /// List the container images on each node, with the services that use them.
     Images,
-    /// Remove container images: one (`rm NAME`) or every unused one (`prune`).
+    /// Manage container images: remove one (`rm NAME`) or every unused one (`prune`), or
+    /// import an image archive (`import FILE`).
     Image {
         /// What to do.
         #[command(subcommand)]

@@ -35,8 +35,8 @@ pub const MESSAGE_BYTES: usize = 1 << 20;
 /// A failed upgrade as the client sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeCtlError {
-    /// The bundle file cannot be read.
-    #[error("bundle {path}: {source}")]
+    /// The file (bundle, image archive) cannot be read.
+    #[error("{path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -75,7 +75,7 @@ pub enum UpgradeCtlError {
 }
 
 impl UpgradeCtlError {
-    fn rpc(rpc: &'static str, s: tonic::Status) -> Self {
+    pub(crate) fn rpc(rpc: &'static str, s: tonic::Status) -> Self {
         UpgradeCtlError::Rpc {
             rpc,
             code: s.code(),

@@ -34,6 +34,7 @@ pub mod linux_host;
 pub mod network;
 pub mod node;
 pub mod node_boot;
+pub mod node_image_import;
 pub mod node_images;
 pub mod node_services;
 pub mod observe;

@@ -160,6 +160,8 @@ pub struct Node {
     pub applied: crate::config_watch::ConfigPublisher,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    /// Held by the one image import that may run at a time.
+    pub(crate) image_import: crate::node_image_import::ImportSlot,
     /// Bumped by every apply that starts or ends a trial: a trial's revert timer acts only
     /// if the generation is still the one it was started with.
     trial_generation: AtomicU64,
@@ -229,6 +231,7 @@ impl Node {
             containers,
             applied: crate::config_watch::ConfigPublisher::default(),
             apply_lock: tokio::sync::Mutex::new(()),
+            image_import: Arc::default(),
             trial_generation: AtomicU64::new(0),
         }
     }

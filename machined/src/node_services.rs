@@ -24,7 +24,7 @@ impl Node {
                     .map_err(|e| crate::services::ServiceError::Config(e.to_string()))?;
                 Some((
                     rt.paths().service(registries),
-                    rt.paths().has_stored_content(),
+                    rt.paths().holds_images_or_imports(),
                 ))
             }
             None => None,

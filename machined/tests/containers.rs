@@ -13,166 +13,17 @@ mod common;
 use basalt_proto::machine::v1 as pb;
 use basalt_tests::containers::{
     ContainerdCleanup, HTTPD_INDEX, OciImage, Registry, busybox_httpd_image, busybox_static,
-    containerd_bin_dir, push,
+    manifest_digest, oci_archive, push,
 };
 use basaltctl::connect::Clients;
-use common::{Fixture, Machined};
+use common::Fixture;
+use common::containers::{
+    apply, cgroup_value, ctr, ctr_images, ctr_size, find, images, list, logs, running,
+    service_config, service_config_gc, start_machined, wait_curl, wait_for,
+};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Waits until `check` returns `Some`, at most `within`; panics with `what` and the last
-/// service list otherwise.
-async fn wait_for<T>(
-    c: &mut Clients,
-    what: &str,
-    within: Duration,
-    check: impl Fn(&[pb::ServiceInfo]) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        let services = list(c).await;
-        if let Some(v) = check(&services) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}: {services:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn list(c: &mut Clients) -> Vec<pb::ServiceInfo> {
-    c.machine
-        .service_list(pb::ServiceListRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .services
-}
-
-fn find<'a>(services: &'a [pb::ServiceInfo], id: &str) -> Option<&'a pb::ServiceInfo> {
-    services.iter().find(|s| s.id == id)
-}
-
-fn running(services: &[pb::ServiceInfo], id: &str) -> Option<pb::ServiceInfo> {
-    find(services, id)
-        .filter(|s| s.state == pb::ServiceState::Running as i32 && s.healthy)
-        .cloned()
-}
-
-async fn logs(c: &mut Clients, service: &str) -> String {
-    let mut stream = c
-        .machine
-        .logs(pb::LogsRequest {
-            service: service.into(),
-            follow: false,
-            tail_lines: 200,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = String::new();
-    while let Some(line) = stream.message().await.unwrap() {
-        out.push_str(&line.message);
-        out.push('\n');
-    }
-    out
-}
-
-fn curl(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sf", "-m", "3", url])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-async fn wait_curl(url: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if curl(url).as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{url} never answered {want:?} (last: {:?})",
-            curl(url)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `ctr` (containerd's own client) against machined's containerd, in Basalt's namespace.
-fn ctr(state: &Path, args: &[&str]) -> String {
-    let out = Command::new(containerd_bin_dir("amd64").join("ctr"))
-        .arg("--address")
-        .arg(state.join("containerd/containerd.sock"))
-        .args(["--namespace", "basalt"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ctr {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of the first of `paths` (cgroup files in the v1 or v2 layout) that exists.
-fn cgroup_value(paths: &[&str]) -> String {
-    for path in paths {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            return s.trim().to_string();
-        }
-    }
-    panic!("none of {paths:?} exists");
-}
-
-/// A dev-mode machined with `config` stored, the pinned containerd as its runtime, a short
-/// service backoff and `extra` arguments.
-fn start_machined(state: &Path, config: &str, extra: &[&str]) -> Machined {
-    machined::state::ConfigStore::open(state)
-        .unwrap()
-        .store(config.as_bytes())
-        .unwrap();
-    let bin = containerd_bin_dir("amd64");
-    let mut args = vec![
-        "--service-backoff-ms",
-        "200",
-        "--containerd-bin",
-        bin.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Machined::start_with(state, &args)
-}
-
-/// A ServiceConfig trusting `registry`, with `services` (YAML list items); unused images
-/// are removed by themselves only when the disk is full.
-fn service_config(registry: &Registry, services: &str) -> String {
-    service_config_gc(registry, services, 100)
-}
-
-/// The same, removing unused images once the disk is `gc_percent` full.
-fn service_config_gc(registry: &Registry, services: &str, gc_percent: u8) -> String {
-    let ca: String = registry
-        .ca_pem()
-        .unwrap()
-        .lines()
-        .map(|l| format!("      {l}\n"))
-        .collect();
-    let r = registry.addr();
-    format!(
-        "---\napiVersion: basalt.dev/v1alpha1\nkind: ServiceConfig\n\
-         imageGC:\n  highPercent: {gc_percent}\n\
-         registries:\n  - host: {r}\n    ca: |\n{ca}\
-         services:\n{services}"
-    )
-}
 
 fn services_yaml(registry: &Registry, mode: &str, extra: &str) -> String {
     let r = registry.addr();
@@ -374,48 +225,6 @@ async fn containers_run_fail_alone_restart_and_follow_the_config() {
     );
     images_are_listed_and_removed_when_unused(&mut c, &fx, &registry, &state).await;
     drop(node);
-}
-
-async fn apply(c: &mut Clients, config: String) {
-    c.machine
-        .apply_configuration(pb::ApplyConfigurationRequest {
-            data: config.into_bytes(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-async fn images(c: &mut Clients) -> Vec<pb::ImageInfo> {
-    c.machine
-        .image_list(pb::ImageListRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .images
-}
-
-/// `ctr images ls` as (name, digest, size) rows.
-fn ctr_images(state: &Path) -> Vec<(String, String, String)> {
-    ctr(state, &["images", "ls"])
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f[0].into(), f[2].into(), format!("{} {}", f[3], f[4]))
-        })
-        .collect()
-}
-
-/// A size as containerd's `ctr` prints it (binary units, one decimal).
-fn ctr_size(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB"];
-    let (mut size, mut unit) = (bytes as f64, 0);
-    while size >= 1024.0 && unit < units.len() - 1 {
-        size /= 1024.0;
-        unit += 1;
-    }
-    format!("{size:.1} {}", units[unit])
 }
 
 /// ImageList against `ctr`, ImageRemove refused while a service uses the image, a removal
@@ -654,5 +463,165 @@ async fn a_pull_onto_a_full_disk_fails_alone_and_succeeds_once_there_is_room() {
     disk.resize("64m");
     wait_for(&mut c, "small running", minute, |s| running(s, "small")).await;
     assert!(logs(&mut c, "small").await.contains("up"));
+    drop(node);
+}
+
+/// One ImageImport call carrying `chunks` (offset, bytes) of the archive `sha256`.
+async fn import_chunks(
+    c: &mut Clients,
+    sha256: &str,
+    size: u64,
+    chunks: &[(u64, &[u8])],
+) -> Result<pb::ImageImportResponse, tonic::Status> {
+    let options = pb::image_import_chunk::Message::Options(pb::ImageImportOptions {
+        size,
+        sha256: sha256.into(),
+    });
+    let mut messages = vec![pb::ImageImportChunk {
+        message: Some(options),
+    }];
+    for (offset, data) in chunks {
+        messages.push(pb::ImageImportChunk {
+            message: Some(pb::image_import_chunk::Message::Data(pb::ImageImportData {
+                offset: *offset,
+                data: data.to_vec(),
+            })),
+        });
+    }
+    c.machine
+        .image_import(tokio_stream::iter(messages))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn staged_bytes(c: &mut Clients, sha256: &str) -> u64 {
+    c.machine
+        .image_import_status(pb::ImageImportStatusRequest {
+            sha256: sha256.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .staged_bytes
+}
+
+/// An archive streamed in two calls (the first cut half way, the second resuming where
+/// the node is), imported whole and run by a service without any registry; a corrupt copy
+/// and an archive for another architecture refused with nothing imported. The node starts
+/// with no container service, so containerd runs only once an archive is staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_archive_is_imported_resumably_and_runs_without_a_registry() {
+    use basaltctl::image_import::{archive_identity, import_archive};
+    use basaltctl::upgrade::Retry;
+    let fx = Fixture::new();
+    let work = fx.state_dir("work");
+    let port = basalt_tests::free_port();
+    let layout = busybox_httpd_image(&work.join("httpd"), "amd64", port);
+    let archive = work.join("web.tar");
+    oci_archive(&layout, &archive, "web:1");
+    let foreign = work.join("foreign.tar");
+    let arm = OciImage::new("arm64")
+        .file_bytes("/hello", "hi", 0o644)
+        .entrypoint(&["/hello"])
+        .write(&work.join("arm"));
+    oci_archive(&arm, &foreign, "registry.example/arm:1");
+    let state = fx.state_dir("node");
+    let _containerd = ContainerdCleanup(state.clone());
+    let node = start_machined(&state, &fx.config_yaml, &[]);
+    let mut c = fx.connect(&node, "admin", None).await.unwrap();
+
+    let data = std::fs::read(&archive).unwrap();
+    let (sha, size) = archive_identity(&archive).unwrap();
+    let half = data.len() / 2;
+    let e = import_chunks(&mut c, &sha, size, &[(0, &data[..half])])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("ended at {half} of {size} bytes")),
+        "{e:?}"
+    );
+    assert_eq!(staged_bytes(&mut c, &sha).await, half as u64);
+    assert!(
+        images(&mut c).await.is_empty(),
+        "half an archive imports nothing"
+    );
+    let e = import_chunks(&mut c, &sha, size, &[(0, &data[..10])])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("the node holds {half} bytes")),
+        "{e:?}"
+    );
+
+    let mut lines = Vec::new();
+    let r = import_archive(&mut c.machine, &archive, &Retry::default(), &mut |l| {
+        lines.push(l)
+    })
+    .await
+    .unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("resuming at byte {half}"))),
+        "{lines:?}"
+    );
+    assert_eq!(r.bytes_received, size - half as u64);
+    let names: Vec<&str> = r.images.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["docker.io/library/web:1"]);
+    let digest = manifest_digest(&layout);
+    assert_eq!(r.images[0].digest, digest);
+    let listed = ctr_images(&state);
+    assert_eq!(
+        listed
+            .iter()
+            .map(|(n, d, _)| (n.as_str(), d.as_str()))
+            .collect::<Vec<_>>(),
+        [("docker.io/library/web:1", digest.as_str())],
+        "containerd's own view"
+    );
+    assert_eq!(
+        staged_bytes(&mut c, &sha).await,
+        0,
+        "the staged copy is gone"
+    );
+
+    let services = "  - name: web\n    image: web:1\n";
+    let config = format!(
+        "{}---\napiVersion: basalt.dev/v1alpha1\nkind: ServiceConfig\nservices:\n{services}",
+        fx.config_yaml
+    );
+    apply(&mut c, config).await;
+    wait_for(&mut c, "web running", Duration::from_secs(60), |s| {
+        running(s, "web")
+    })
+    .await;
+    wait_curl(&format!("http://127.0.0.1:{port}/index.html"), HTTPD_INDEX).await;
+
+    let mut corrupt = data.clone();
+    corrupt[size as usize / 3] ^= 0xff;
+    let e = import_chunks(&mut c, &sha, size, &[(0, &corrupt)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("the staged copy is removed"), "{e:?}");
+    assert_eq!(staged_bytes(&mut c, &sha).await, 0);
+
+    let e = import_archive(&mut c.machine, &foreign, &Retry::default(), &mut |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("registry.example/arm:1 is built for linux/arm64, this node is linux/amd64"),
+        "{e}"
+    );
+    assert_eq!(
+        ctr_images(&state).len(),
+        1,
+        "nothing of the foreign archive is stored"
+    );
     drop(node);
 }

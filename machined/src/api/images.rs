@@ -1,11 +1,16 @@
-//! ImageList, ImageRemove and ImagePrune: translations between the API and
-//! [`crate::containers::images`] (the handlers in [`crate::api::machine`] call these).
+//! ImageList, ImageRemove, ImagePrune, ImageImport and ImageImportStatus: translations
+//! between the API and [`crate::containers::images`] and [`crate::node_image_import`] (the
+//! handlers in [`crate::api::machine`] call these).
 
 use crate::api::guard::AuditNote;
+use crate::containers::archive::ArchiveError;
 use crate::containers::images::{ImagesError, StoredImage};
+use crate::containers::staging::StagingError;
 use crate::node::Node;
+use crate::node_image_import::ImportError;
 use basalt_proto::machine::v1 as pb;
-use tonic::{Request, Status};
+use tokio_stream::StreamExt;
+use tonic::{Request, Status, Streaming};
 
 fn status(e: ImagesError) -> Status {
     match &e {
@@ -69,5 +74,107 @@ pub async fn prune(
     AuditNote::set(request, format!("removed=[{}]", names.join(", ")));
     Ok(pb::ImagePruneResponse {
         removed: removed.into_iter().map(info).collect(),
+    })
+}
+
+fn import_error(e: ImportError) -> Status {
+    match e {
+        ImportError::Busy => Status::failed_precondition(e.to_string()),
+        ImportError::Images(e) => status(e),
+        ImportError::Staging(StagingError::NoRoom { .. }) => {
+            Status::resource_exhausted(e.to_string())
+        }
+        ImportError::Staging(StagingError::Incomplete { .. }) => Status::aborted(e.to_string()),
+        ImportError::Staging(StagingError::Io { .. })
+        | ImportError::Archive(ArchiveError::Io { .. })
+        | ImportError::Task(_) => Status::internal(e.to_string()),
+        ImportError::Staging(_) | ImportError::Archive(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+    }
+}
+
+/// ImageImportStatus.
+pub fn import_status(
+    node: &Node,
+    request: &Request<pb::ImageImportStatusRequest>,
+) -> Result<pb::ImageImportStatusResponse, Status> {
+    let (staged_bytes, running) = node
+        .image_import_status(&request.get_ref().sha256)
+        .map_err(import_error)?;
+    Ok(pb::ImageImportStatusResponse {
+        staged_bytes,
+        running,
+    })
+}
+
+/// ImageImport: the options, then data appended to the staged archive, then the import.
+pub async fn import(
+    node: &Node,
+    request: Request<Streaming<pb::ImageImportChunk>>,
+) -> Result<pb::ImageImportResponse, Status> {
+    let note = AuditNote::of(&request);
+    let note_set = |s: String| {
+        if let Some(n) = &note {
+            n.replace(s);
+        }
+    };
+    let mut stream = request.into_inner();
+    let first = stream.next().await.ok_or_else(|| {
+        Status::invalid_argument("empty ImageImport stream: send the options first")
+    })??;
+    let Some(pb::image_import_chunk::Message::Options(options)) = first.message else {
+        return Err(Status::invalid_argument(
+            "the first ImageImport message must carry the options",
+        ));
+    };
+    let archive = format!("archive={} size={}", options.sha256, options.size);
+    note_set(archive.clone());
+    let mut import = node
+        .begin_image_import(&options.sha256, options.size)
+        .await
+        .map_err(import_error)?;
+    let resumed_at = import.staged();
+    while let Some(message) = stream.next().await {
+        let data = match message {
+            Ok(pb::ImageImportChunk {
+                message: Some(pb::image_import_chunk::Message::Data(d)),
+            }) => d,
+            Ok(_) => {
+                // The refusal is what the client needs; a failed sync only costs a resend.
+                let _kept = import.keep().await;
+                return Err(Status::invalid_argument(
+                    "only the first ImageImport message may carry options",
+                ));
+            }
+            Err(cut) => {
+                note_set(format!(
+                    "{archive}: stream cut at {} bytes (from {resumed_at})",
+                    import.staged()
+                ));
+                import.keep().await.map_err(import_error)?;
+                return Err(cut);
+            }
+        };
+        if let Err(e) = import.append(data.offset, data.data).await {
+            note_set(format!("{archive}: {e}"));
+            // The refusal is what the client needs; a failed sync only costs a resend.
+            let _kept = import.keep().await;
+            return Err(import_error(e));
+        }
+    }
+    let received = import.received();
+    let imported = node.finish_image_import(import).await.map_err(|e| {
+        note_set(format!("{archive}: {e}"));
+        import_error(e)
+    })?;
+    let names: Vec<&str> = imported.iter().map(|i| i.name.as_str()).collect();
+    note_set(format!(
+        "{archive} resumed_at={resumed_at} imported=[{}]",
+        names.join(", ")
+    ));
+    Ok(pb::ImageImportResponse {
+        images: imported.into_iter().map(info).collect(),
+        bytes_received: received,
     })
 }

@@ -375,6 +375,24 @@ impl MachineService for MachineApi {
         ))
     }
 
+    async fn image_import(
+        &self,
+        request: Request<tonic::Streaming<pb::ImageImportChunk>>,
+    ) -> Reply<pb::ImageImportResponse> {
+        Ok(Response::new(
+            crate::api::images::import(&self.node, request).await?,
+        ))
+    }
+
+    async fn image_import_status(
+        &self,
+        request: Request<pb::ImageImportStatusRequest>,
+    ) -> Reply<pb::ImageImportStatusResponse> {
+        Ok(Response::new(crate::api::images::import_status(
+            &self.node, &request,
+        )?))
+    }
+
     type LogsStream = Stream<pb::LogEntry>;
 
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Reply<Self::LogsStream> {

@@ -5,9 +5,10 @@
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteImageRequest, DeleteTaskRequest, GetImageRequest, Image, KillRequest, ListImagesRequest,
-    ReadContentRequest, StartRequest, TransferOptions, TransferRequest, WaitRequest,
+    Container, CreateContainerRequest, CreateImageRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteImageRequest, DeleteTaskRequest, GetImageRequest, Image,
+    KillRequest, ListImagesRequest, ReadContentRequest, StartRequest, TransferOptions,
+    TransferRequest, UpdateImageRequest, WaitRequest,
 };
 use containerd_client::types::transfer::{ImageStore, OciRegistry, UnpackConfiguration};
 use containerd_client::types::{Descriptor, Mount, Platform};
@@ -49,6 +50,14 @@ pub enum ContainerdError {
         /// containerd's message.
         message: String,
     },
+    /// A local file a call needs could not be read.
+    #[error("{object}: {message}")]
+    Local {
+        /// The file.
+        object: String,
+        /// The cause.
+        message: String,
+    },
     /// A blob is larger than machined reads into memory.
     #[error("blob {digest} is larger than {MAX_JSON_BLOB} bytes")]
     TooLarge {
@@ -70,7 +79,10 @@ impl ContainerdError {
     }
 }
 
-fn call(call: &'static str, object: &str) -> impl FnOnce(tonic::Status) -> ContainerdError {
+pub(super) fn call(
+    call: &'static str,
+    object: &str,
+) -> impl FnOnce(tonic::Status) -> ContainerdError {
     let object = object.to_string();
     move |s| ContainerdError::Call {
         call,
@@ -80,7 +92,7 @@ fn call(call: &'static str, object: &str) -> impl FnOnce(tonic::Status) -> Conta
     }
 }
 
-fn in_namespace<T>(message: T) -> Request<T> {
+pub(super) fn in_namespace<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
         "containerd-namespace",
@@ -101,7 +113,7 @@ struct RuncOptions {
 /// A connection to containerd.
 #[derive(Clone)]
 pub struct Containerd {
-    client: std::sync::Arc<Client>,
+    pub(super) client: std::sync::Arc<Client>,
 }
 
 impl std::fmt::Debug for Containerd {
@@ -163,6 +175,40 @@ impl Containerd {
             Ok(r) => Ok(r.into_inner().image),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(call("Images.Get", name)(s)),
+        }
+    }
+
+    /// Names `target` `name` too (creates the image record, or points an existing one
+    /// there).
+    pub async fn tag_image(&self, name: &str, target: &Descriptor) -> Result<(), ContainerdError> {
+        let image = Image {
+            name: name.into(),
+            target: Some(target.clone()),
+            ..Image::default()
+        };
+        let created = self
+            .client
+            .images()
+            .create(in_namespace(CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            }))
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::AlreadyExists => {
+                self.client
+                    .images()
+                    .update(in_namespace(UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: None,
+                        source_date_epoch: None,
+                    }))
+                    .await
+                    .map_err(call("Images.Update", name))?;
+                Ok(())
+            }
+            Err(s) => Err(call("Images.Create", name)(s)),
         }
     }
 

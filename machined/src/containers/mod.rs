@@ -11,6 +11,9 @@
 //!   content store (pure).
 //! - [`images`]: the image store as the API shows it (list with the services using each
 //!   image, remove, prune); an image a configured service uses is never removed.
+//! - [`archive`], [`staging`], [`import`]: an image archive imported over the API: read and
+//!   checked for the node's platform, staged on DATA while it streams in (a cut stream
+//!   resumes), then handed whole to containerd's transfer service.
 //! - [`oci_spec`]: the OCI runtime spec of a container service (pure).
 //! - [`runtime`]: [`ContainerRuntime`], the [`crate::services::Spawner`] of container services:
 //!   the supervisor runs containers exactly as it runs programs (dependencies, restart
@@ -25,11 +28,14 @@
 //! seccomp profile and no user namespaces; users by name in an image are refused; an isolated network has
 //! only a loopback interface (no bridge, no port mapping).
 
+pub mod archive;
 pub mod client;
 pub mod image;
 pub mod images;
+pub mod import;
 pub mod oci_spec;
 pub mod runtime;
+pub mod staging;
 pub mod system;
 
 pub use runtime::ContainerRuntime;

@@ -85,7 +85,8 @@ impl ContainerRuntime {
         Ok(c)
     }
 
-    fn platform() -> Platform {
+    /// The node's platform, as containerd names it.
+    pub fn platform() -> Platform {
         Platform {
             os: "linux".into(),
             architecture: oci_arch().into(),

@@ -50,6 +50,9 @@ pub struct RuntimePaths {
     pub io_dir: PathBuf,
     /// Named volumes (persistent).
     pub volumes_dir: PathBuf,
+    /// Image archives staged while they are imported (persistent: an import resumes after
+    /// a reboot).
+    pub imports_dir: PathBuf,
     /// Containers are confined without pivot_root: on a node machined runs from the
     /// initramfs, whose root (rootfs) cannot be pivoted away, so runc uses chroot in the
     /// container's mount namespace instead (as Docker does on a ramdisk root).
@@ -74,6 +77,7 @@ impl RuntimePaths {
             ca_dir: PathBuf::from("/run/basalt/containerd/registry-cas"),
             io_dir: PathBuf::from("/run/basalt/containerd/io"),
             volumes_dir: data_dir.join("volumes"),
+            imports_dir: data_dir.join("image-imports"),
             no_pivot_root: true,
         })
     }
@@ -90,6 +94,7 @@ impl RuntimePaths {
             ca_dir: base.join("registry-cas"),
             io_dir: base.join("io"),
             volumes_dir: base.join("volumes"),
+            imports_dir: base.join("imports"),
             no_pivot_root: false,
         }
     }
@@ -119,12 +124,23 @@ impl RuntimePaths {
     }
 
     /// Whether containerd's content store holds any blob (images, or the remains of a
-    /// pull): the node then keeps containerd running without container services, so that
-    /// its images can be listed, removed and collected.
+    /// pull).
     pub fn has_stored_content(&self) -> bool {
         std::fs::read_dir(self.root.join(CONTENT_BLOBS_DIR))
             .map(|mut entries| entries.next().is_some())
             .unwrap_or(false)
+    }
+
+    /// Whether containerd must run even without container services: its store holds
+    /// content (to be listed, removed and collected) or an image archive is staged for
+    /// import.
+    pub fn holds_images_or_imports(&self) -> bool {
+        self.has_stored_content() || self.import_staging().holds_any()
+    }
+
+    /// Where image archives are staged.
+    pub fn import_staging(&self) -> super::staging::ImportStaging {
+        super::staging::ImportStaging::new(self.imports_dir.clone())
     }
 
     /// Creates the directories and writes the configuration (atomically).

@@ -1,0 +1,221 @@
+//! Importing an image archive into containerd through its transfer service.
+//!
+//! The archive's bytes reach containerd over its Streaming API, with the transfer stream
+//! protocol: machined opens a stream (`StreamInit` with an id, answered by an
+//! acknowledgement), containerd, reading, grants windows of bytes (`WindowUpdate`), machined
+//! sends at most that much as `Data` messages and closes its side at the end of the file. A
+//! `Transfer` call names that stream as its source (`ImageImportStream`) and the image store
+//! as its destination: containerd writes the content, creates an image record for each
+//! image of the archive (named from its annotations; an unnamed one as `import@<digest>`),
+//! and unpacks it for the node's platform. The names it gave come back as progress events
+//! ("saved") on a second stream.
+//!
+//! containerd creates the image records only after the archive's content is stored, so a
+//! broken archive leaves no image behind (its content, unreferenced, is garbage collected).
+
+use super::client::{Containerd, ContainerdError, SNAPSHOTTER, call, in_namespace};
+use containerd_client::services::v1::{StreamInit, TransferOptions, TransferRequest};
+use containerd_client::to_any;
+use containerd_client::types::Platform;
+use containerd_client::types::transfer::{
+    Data, ImageImportStream, ImageReference, ImageStore, Progress, UnpackConfiguration,
+    WindowUpdate,
+};
+use prost::Message;
+use prost_types::Any;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tonic::Streaming;
+
+/// The name prefix of an image the archive does not name (`import@sha256:...`).
+pub const UNNAMED_PREFIX: &str = "import";
+/// The most one `Data` message carries (containerd's own sender sends 32 KiB).
+const DATA_MESSAGE: usize = 32 << 10;
+/// How long the last progress events may trail the end of the transfer.
+const PROGRESS_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether an `Any` holds message `T` (containerd's Go side prefixes type URLs).
+fn is<T: prost::Name>(any: &Any) -> bool {
+    any.type_url.rsplit('/').next() == Some(T::full_name().as_str())
+}
+
+fn stream_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("basalt-{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// One end of a containerd stream: what machined sends and what containerd sends back.
+struct ClientStream {
+    id: String,
+    tx: mpsc::Sender<Any>,
+    rx: Streaming<Any>,
+}
+
+impl Containerd {
+    /// Opens a stream named `id` on containerd's Streaming API, in Basalt's namespace.
+    async fn open_stream(&self, id: String) -> Result<ClientStream, ContainerdError> {
+        let (tx, rx) = mpsc::channel(4);
+        let init = to_any(&StreamInit { id: id.clone() });
+        tx.send(init)
+            .await
+            .map_err(|_| stream_closed(&id, "before it was opened"))?;
+        let mut rx = self
+            .client
+            .streaming()
+            .stream(in_namespace(tokio_stream::wrappers::ReceiverStream::new(
+                rx,
+            )))
+            .await
+            .map_err(call("Streaming.Stream", &id))?
+            .into_inner();
+        // containerd acknowledges a registered stream with one message.
+        rx.message()
+            .await
+            .map_err(call("Streaming.Stream", &id))?
+            .ok_or_else(|| stream_closed(&id, "before acknowledging it"))?;
+        Ok(ClientStream { id, tx, rx })
+    }
+
+    /// Imports the archive at `archive` and unpacks its images for `platform`; answers the
+    /// names containerd gave them.
+    pub async fn import_archive(
+        &self,
+        archive: &Path,
+        platform: &Platform,
+    ) -> Result<Vec<String>, ContainerdError> {
+        let object = archive.display().to_string();
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|e| ContainerdError::Local {
+                object: object.clone(),
+                message: e.to_string(),
+            })?;
+        let data = self.open_stream(stream_id("import")).await?;
+        let progress = self.open_stream(stream_id("progress")).await?;
+        let source = ImageImportStream {
+            stream: data.id.clone(),
+            media_type: String::new(),
+            force_compress: false,
+        };
+        let destination = ImageStore {
+            platforms: vec![platform.clone()],
+            extra_references: vec![ImageReference {
+                name: UNNAMED_PREFIX.into(),
+                is_prefix: true,
+                allow_overwrite: true,
+                add_digest: true,
+                skip_named_digest: true,
+            }],
+            unpacks: vec![UnpackConfiguration {
+                platform: Some(platform.clone()),
+                snapshotter: SNAPSHOTTER.into(),
+            }],
+            ..ImageStore::default()
+        };
+        let request = TransferRequest {
+            source: Some(to_any(&source)),
+            destination: Some(to_any(&destination)),
+            options: Some(TransferOptions {
+                progress_stream: progress.id.clone(),
+            }),
+        };
+        let ClientStream {
+            tx: progress_tx,
+            rx: progress_rx,
+            ..
+        } = progress;
+        let names = Arc::new(Mutex::new(Vec::new()));
+        let mut collector = tokio::spawn(collect_saved_names(progress_rx, names.clone()));
+        let sender = tokio::spawn(send_file(file, data));
+        let result = self
+            .client
+            .transfer()
+            .transfer(in_namespace(request))
+            .await
+            .map_err(call("Transfer (import)", &object));
+        sender.abort();
+        drop(progress_tx);
+        result?;
+        // containerd sent the events before answering; they may still be on their way.
+        if tokio::time::timeout(PROGRESS_GRACE, &mut collector)
+            .await
+            .is_err()
+        {
+            collector.abort();
+        }
+        let mut names = names.lock().map(|n| n.clone()).unwrap_or_default();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+}
+
+/// containerd closed a stream early.
+fn stream_closed(id: &str, when: &str) -> ContainerdError {
+    ContainerdError::Call {
+        call: "Streaming.Stream",
+        object: id.into(),
+        code: tonic::Code::Unavailable,
+        message: format!("containerd closed the stream {when}"),
+    }
+}
+
+/// Sends the file within the windows containerd grants, then closes machined's side.
+async fn send_file(mut file: tokio::fs::File, stream: ClientStream) {
+    let ClientStream { tx, mut rx, .. } = stream;
+    let mut buf = vec![0u8; DATA_MESSAGE];
+    let mut window: i64 = 0;
+    loop {
+        while window <= 0 {
+            match rx.message().await {
+                Ok(Some(any)) if is::<WindowUpdate>(&any) => {
+                    if let Ok(u) = WindowUpdate::decode(any.value.as_slice()) {
+                        window += i64::from(u.update);
+                    }
+                }
+                // Anything else is not part of the protocol: ignored, as containerd does.
+                Ok(Some(_)) => {}
+                // containerd stopped reading: the Transfer call reports why.
+                Ok(None) | Err(_) => return,
+            }
+        }
+        let want = usize::try_from(window)
+            .unwrap_or(DATA_MESSAGE)
+            .min(DATA_MESSAGE);
+        let n = match file.read(&mut buf[..want]).await {
+            Ok(0) => return, // dropping `tx` closes the stream: the end of the archive
+            Ok(n) => n,
+            // A read error ends the stream early: containerd then reports a broken archive.
+            Err(_) => return,
+        };
+        let data = to_any(&Data {
+            data: buf[..n].to_vec(),
+        });
+        if tx.send(data).await.is_err() {
+            return;
+        }
+        window -= n as i64;
+    }
+}
+
+/// Adds the names of the images containerd reports as saved to `names`, until containerd
+/// closes the stream.
+async fn collect_saved_names(mut rx: Streaming<Any>, names: Arc<Mutex<Vec<String>>>) {
+    while let Ok(Some(any)) = rx.message().await {
+        if !is::<Progress>(&any) {
+            continue;
+        }
+        if let Ok(p) = Progress::decode(any.value.as_slice())
+            && p.event == "saved"
+            && let Ok(mut names) = names.lock()
+        {
+            names.push(p.name);
+        }
+    }
+}
