@@ -6,7 +6,8 @@
 //! modes as octal strings. Decoding the canonical text gives back an equal [`Config`].
 //!
 //! Redaction replaces secrets with [`REDACTED`]: the API server key, the content of any file
-//! that holds a PEM private key, and service environment values whose name suggests a secret.
+//! that holds a PEM private key, registry passwords, and service environment values whose
+//! name suggests a secret.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -88,6 +89,19 @@ impl Config {
             }
         }
         if let Some(services) = &mut out.services {
+            for registry in &mut services.registries {
+                if let Some(auth) = &mut registry.auth {
+                    let changed = baseline.is_some_and(|b| {
+                        b.services
+                            .as_ref()
+                            .and_then(|s| s.registries.iter().find(|r| r.host == registry.host))
+                            .and_then(|r| r.auth.as_ref())
+                            .map(|a| &a.password)
+                            != Some(&auth.password)
+                    });
+                    auth.password = marker(changed).into();
+                }
+            }
             for service in &mut services.services {
                 for (name, value) in &mut service.env {
                     if secret_env_name(name) {
@@ -171,7 +185,9 @@ fn secret_env_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{File, FileMode, MachineConfig, Secret, Service, ServiceConfig};
+    use crate::schema::{
+        File, FileMode, MachineConfig, Registry, RegistryAuth, Secret, Service, ServiceConfig,
+    };
 
     fn sample() -> Config {
         let mut machine = MachineConfig {
@@ -199,8 +215,17 @@ mod tests {
         };
         service.env.insert("API_TOKEN".into(), "t0ps3cret".into());
         service.env.insert("LOG_LEVEL".into(), "debug".into());
+        let registry = Registry {
+            host: "registry.example.com".into(),
+            ca: String::new(),
+            auth: Some(RegistryAuth {
+                username: "edge".into(),
+                password: Secret::new("pu11-s3cret"),
+            }),
+        };
         Config {
             services: Some(ServiceConfig {
+                registries: vec![registry],
                 services: vec![service],
                 ..ServiceConfig::default()
             }),
@@ -229,6 +254,11 @@ mod tests {
         let yaml = sample().to_redacted_yaml().expect("encodes");
         assert!(!yaml.contains("AAAA") && !yaml.contains("BBBB"), "{yaml}");
         assert!(!yaml.contains("t0ps3cret"), "{yaml}");
+        assert!(!yaml.contains("pu11-s3cret"), "{yaml}");
+        assert!(
+            yaml.contains("username: edge\n    password: '***'"),
+            "{yaml}"
+        );
         assert!(yaml.contains("key: '***'"), "{yaml}");
         assert!(yaml.contains("API_TOKEN: '***'"), "{yaml}");
         assert!(yaml.contains("LOG_LEVEL: debug"), "{yaml}");
@@ -248,6 +278,21 @@ mod tests {
         assert_eq!(redacted.machine.files[0].content, REDACTED);
         let services = redacted.services.expect("services");
         assert_eq!(services.services[0].env["API_TOKEN"], REDACTED);
+        let password = |c: &Config| {
+            c.services.as_ref().expect("services").registries[0]
+                .auth
+                .as_ref()
+                .expect("auth")
+                .password
+                .expose()
+                .to_string()
+        };
+        assert_eq!(password(&new.redacted_against(&old)), REDACTED);
+        let mut rotated = sample();
+        if let Some(auth) = &mut rotated.services.as_mut().expect("services").registries[0].auth {
+            auth.password = Secret::new("n3w-s3cret");
+        }
+        assert_eq!(password(&rotated.redacted_against(&old)), REDACTED_CHANGED);
     }
 
     #[test]

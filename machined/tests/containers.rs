@@ -625,3 +625,111 @@ async fn an_image_archive_is_imported_resumably_and_runs_without_a_registry() {
     );
     drop(node);
 }
+
+/// Every file under `dir` (but the configuration store, which keeps the configuration as
+/// applied) that contains `secret`.
+fn files_holding(dir: &Path, secret: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let (path, kind) = (e.path(), e.file_type().unwrap());
+            if kind.is_dir() && path != dir.join("config") {
+                pending.push(path);
+            } else if kind.is_file()
+                && std::fs::read(&path)
+                    .is_ok_and(|b| b.windows(secret.len()).any(|w| w == secret.as_bytes()))
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// A registry that wants credentials: a pull with a wrong password fails alone with the
+/// registry's refusal, the right one (a configuration change that does not restart
+/// containerd) pulls and runs; the password reaches no log, audit entry, configuration
+/// view or file but the configuration store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_wants_credentials_is_pulled_from_with_those_of_the_config() {
+    let fx = Fixture::new();
+    let work = fx.state_dir("work");
+    let (user, wrong, right) = ("edge", "wr0ng-pa55word", "pu11-s3cret-1");
+    let registry = Registry::start_with_login(&work.join("registry"), user, right);
+    let shell = OciImage::new("amd64")
+        .file("/bin/busybox", &busybox_static("amd64"), 0o755)
+        .symlink("/bin/sh", "busybox")
+        .symlink("/bin/sleep", "busybox")
+        .entrypoint(&["/bin/sh", "-c"])
+        .cmd(&["echo up; exec sleep 300"])
+        .env(&["PATH=/bin"])
+        .write(&work.join("shell"));
+    push(&shell, &registry.reference("private:v1"), &registry);
+    let ca: String = registry
+        .ca_pem()
+        .unwrap()
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    let config = |password: &str| {
+        format!(
+            "{}---\napiVersion: basalt.dev/v1alpha1\nkind: ServiceConfig\n\
+             registries:\n  - host: {}\n    ca: |\n{ca}    auth:\n      username: {user}\n      password: {password}\n\
+             services:\n  - name: app\n    image: {}\n",
+            fx.config_yaml,
+            registry.addr(),
+            registry.reference("private:v1")
+        )
+    };
+    let state = fx.state_dir("node");
+    let _containerd = ContainerdCleanup(state.clone());
+    let node = start_machined(&state, &config(wrong), &[]);
+    let mut c = fx.connect(&node, "admin", None).await.unwrap();
+    let minute = Duration::from_secs(60);
+    let refused = wait_for(&mut c, "app: refused", minute, |s| {
+        find(s, "app")
+            .filter(|x| x.message.contains("pull failed"))
+            .cloned()
+    })
+    .await;
+    assert!(
+        refused.message.contains("401") || refused.message.contains("unauthorized"),
+        "{refused:?}"
+    );
+    let containerd_pid = running(&list(&mut c).await, "containerd").unwrap().pid;
+
+    apply(&mut c, config(right)).await;
+    wait_for(&mut c, "app running", minute, |s| running(s, "app")).await;
+    assert!(logs(&mut c, "app").await.contains("up"));
+    assert_eq!(
+        running(&list(&mut c).await, "containerd").unwrap().pid,
+        containerd_pid,
+        "new credentials do not restart containerd"
+    );
+    assert!(
+        registry.log().contains(&format!("auth.user.name={user} ")),
+        "the registry saw the user: {}",
+        registry.log()
+    );
+
+    let shown = c
+        .machine
+        .get_configuration(pb::GetConfigurationRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let shown = format!("{shown:?}");
+    let audit = format!("{:?}", common::audit(&mut c, "ApplyConfiguration").await);
+    for secret in [wrong, right] {
+        assert!(!shown.contains(secret), "GetConfiguration shows {secret}");
+        assert!(!audit.contains(secret), "the audit log holds {secret}");
+        assert!(!node.stderr().contains(secret), "machined logged {secret}");
+        assert_eq!(files_holding(&state, secret), Vec::<String>::new());
+    }
+    assert!(logs(&mut c, "containerd").await.len() > 100);
+    drop(node);
+}

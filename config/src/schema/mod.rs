@@ -22,7 +22,7 @@ pub use machine::{
 pub use network::{Interface, NetworkConfig, Route, Vlan};
 pub use service::{
     DEFAULT_IMAGE_GC_HIGH_PERCENT, ImageGc, MIN_MEMORY_BYTES, NetworkMode, PullPolicy, Registry,
-    RestartPolicy, Service, ServiceConfig, VolumeMount, parse_cpu, parse_memory,
+    RegistryAuth, RestartPolicy, Service, ServiceConfig, VolumeMount, parse_cpu, parse_memory,
 };
 pub use update::{DEFAULT_TRIES, MaintenanceWindow, UpdateConfig, UpdatePolicy, Weekday};
 

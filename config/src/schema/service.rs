@@ -11,8 +11,9 @@ use super::unique_map;
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceConfig {
-    /// Registries with a CA of their own (a site or lab registry). Every registry is reached
-    /// over HTTPS; one not listed is trusted through the node's default CA bundle.
+    /// Registries with a CA of their own (a site or lab registry) or credentials. Every
+    /// registry is reached over HTTPS; one not listed is trusted through the node's default
+    /// CA bundle and pulled from anonymously.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registries: Vec<Registry>,
     /// The services, by unique name.
@@ -44,14 +45,32 @@ impl ServiceConfig {
     }
 }
 
-/// A registry whose TLS certificate is signed by a CA of its own.
+/// A registry whose TLS certificate is signed by a CA of its own, or that wants
+/// credentials, or both.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Registry {
-    /// The registry's host as image references name it: `host` or `host:port`.
+    /// The registry's host as image references name it: `host` or `host:port`
+    /// (`docker.io` for Docker Hub).
     pub host: String,
-    /// PEM CA certificate(s) that sign the registry's TLS certificate.
+    /// PEM CA certificate(s) that sign the registry's TLS certificate (empty: the node's
+    /// default CA bundle).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ca: String,
+    /// Credentials for pulls from this registry, given to containerd only when the
+    /// registry asks for them (HTTP Basic or a token service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RegistryAuth>,
+}
+
+/// A user name and password (or access token) for a registry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryAuth {
+    /// The user name.
+    pub username: String,
+    /// The password or access token. Secret: redacted in logs, audit and diffs.
+    pub password: super::Secret,
 }
 
 /// One long-running workload: a container image or a program on the system image.

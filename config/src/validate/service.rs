@@ -166,8 +166,28 @@ pub(super) fn check(c: &mut Checker, s: &ServiceConfig) {
 
 fn check_registry(c: &mut Checker, root: &str, r: &Registry) {
     c.check(&format!("{root}.host"), rules::host_port(&r.host));
-    let parsed = crate::keys::parse_certificates(&r.ca).map_err(|e| e.to_string());
-    c.check(&format!("{root}.ca"), parsed.map(drop));
+    if !r.ca.is_empty() {
+        let parsed = crate::keys::parse_certificates(&r.ca).map_err(|e| e.to_string());
+        c.check(&format!("{root}.ca"), parsed.map(drop));
+    }
+    match &r.auth {
+        None if r.ca.is_empty() => c.error(
+            root,
+            format!(
+                "registry `{}` sets neither `ca` nor `auth`: list a registry only to trust its CA or to give credentials",
+                r.host
+            ),
+        ),
+        None => {}
+        Some(auth) => {
+            if auth.username.is_empty() {
+                c.error(&format!("{root}.auth.username"), "is empty");
+            }
+            if auth.password.expose().is_empty() {
+                c.error(&format!("{root}.auth.password"), "is empty");
+            }
+        }
+    }
 }
 
 /// The container-only fields `service` sets.
@@ -370,7 +390,8 @@ mod container_tests {
     #[test]
     fn container_fields_are_checked_and_named() {
         let e = errors(
-            "registries:\n  - host: 'bad host'\n    ca: nope\n  - host: r.local:5000\n    ca: nope\nservices:\n  \
+            "registries:\n  - host: 'bad host'\n    ca: nope\n  - host: r.local:5000\n    ca: nope\n  \
+             - host: bare.local\n  - host: auth.local\n    auth: {username: '', password: ''}\nservices:\n  \
              - name: web\n    image: Web:1\n    memory: 1Mi\n    cpu: lots\n    \
              volumes: [{name: ../x, mountPath: /data}, {name: b, mountPath: /data}]\n    \
              devices: [/etc/passwd]\n    capabilities: [FLY]\n  \
@@ -381,6 +402,9 @@ mod container_tests {
             "ServiceConfig.registries[0].host: `bad host` is neither a host name nor an IP address",
             "ServiceConfig.registries[0].ca:",
             "ServiceConfig.registries[1].ca:",
+            "ServiceConfig.registries[2]: registry `bare.local` sets neither `ca` nor `auth`",
+            "ServiceConfig.registries[3].auth.username: is empty",
+            "ServiceConfig.registries[3].auth.password: is empty",
             "ServiceConfig.services[0].image: `Web:1` is not an image reference: repository component `Web`",
             "ServiceConfig.services[0].volumes[0].name: volume name `../x` must be",
             "ServiceConfig.services[0].volumes[1].mountPath: `/data` is mounted twice (also volumes[0])",

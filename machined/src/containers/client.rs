@@ -2,6 +2,8 @@
 //! blob, create a container, prepare its snapshot, create, start, wait for, signal and delete
 //! its task), in Basalt's own containerd namespace.
 
+use super::registry_auth::{self, PullCredentials};
+use super::streams::stream_id;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
@@ -10,7 +12,9 @@ use containerd_client::services::v1::{
     KillRequest, ListImagesRequest, ReadContentRequest, StartRequest, TransferOptions,
     TransferRequest, UpdateImageRequest, WaitRequest,
 };
-use containerd_client::types::transfer::{ImageStore, OciRegistry, UnpackConfiguration};
+use containerd_client::types::transfer::{
+    ImageStore, OciRegistry, RegistryResolver, UnpackConfiguration,
+};
 use containerd_client::types::{Descriptor, Mount, Platform};
 use containerd_client::{Client, to_any};
 use std::path::{Path, PathBuf};
@@ -249,11 +253,30 @@ impl Containerd {
     }
 
     /// Pulls `reference` for `platform` and unpacks it into the snapshotter, with
-    /// containerd's transfer service (HTTPS, containerd's trust roots).
-    pub async fn pull(&self, reference: &str, platform: &Platform) -> Result<(), ContainerdError> {
+    /// containerd's transfer service (HTTPS, containerd's trust roots); `credentials` are
+    /// given when the registry asks for them.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        platform: &Platform,
+        credentials: Option<&PullCredentials>,
+    ) -> Result<(), ContainerdError> {
+        let mut resolver = None;
+        let mut answering = None;
+        if let Some(credentials) = credentials {
+            let stream = self.open_stream(stream_id("auth")).await?;
+            resolver = Some(RegistryResolver {
+                auth_stream: stream.id.clone(),
+                ..RegistryResolver::default()
+            });
+            answering = Some(tokio::spawn(registry_auth::answer_requests(
+                stream,
+                credentials.clone(),
+            )));
+        }
         let source = OciRegistry {
             reference: reference.into(),
-            resolver: None,
+            resolver,
         };
         let destination = ImageStore {
             name: reference.into(),
@@ -269,12 +292,16 @@ impl Containerd {
             destination: Some(to_any(&destination)),
             options: Some(TransferOptions::default()),
         };
-        self.client
+        let pulled = self
+            .client
             .transfer()
             .transfer(in_namespace(request))
             .await
-            .map_err(call("Transfer (pull)", reference))?;
-        Ok(())
+            .map_err(call("Transfer (pull)", reference));
+        if let Some(task) = answering {
+            task.abort();
+        }
+        pulled.map(drop)
     }
 
     /// The bytes of a (JSON) blob from the content store.

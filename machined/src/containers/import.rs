@@ -14,7 +14,8 @@
 //! broken archive leaves no image behind (its content, unreferenced, is garbage collected).
 
 use super::client::{Containerd, ContainerdError, SNAPSHOTTER, call, in_namespace};
-use containerd_client::services::v1::{StreamInit, TransferOptions, TransferRequest};
+use super::streams::{ClientStream, is, stream_id};
+use containerd_client::services::v1::{TransferOptions, TransferRequest};
 use containerd_client::to_any;
 use containerd_client::types::Platform;
 use containerd_client::types::transfer::{
@@ -27,7 +28,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 use tonic::Streaming;
 
 /// The name prefix of an image the archive does not name (`import@sha256:...`).
@@ -37,51 +37,7 @@ const DATA_MESSAGE: usize = 32 << 10;
 /// How long the last progress events may trail the end of the transfer.
 const PROGRESS_GRACE: Duration = Duration::from_secs(2);
 
-/// Whether an `Any` holds message `T` (containerd's Go side prefixes type URLs).
-fn is<T: prost::Name>(any: &Any) -> bool {
-    any.type_url.rsplit('/').next() == Some(T::full_name().as_str())
-}
-
-fn stream_id(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("basalt-{prefix}-{}-{nanos}", std::process::id())
-}
-
-/// One end of a containerd stream: what machined sends and what containerd sends back.
-struct ClientStream {
-    id: String,
-    tx: mpsc::Sender<Any>,
-    rx: Streaming<Any>,
-}
-
 impl Containerd {
-    /// Opens a stream named `id` on containerd's Streaming API, in Basalt's namespace.
-    async fn open_stream(&self, id: String) -> Result<ClientStream, ContainerdError> {
-        let (tx, rx) = mpsc::channel(4);
-        let init = to_any(&StreamInit { id: id.clone() });
-        tx.send(init)
-            .await
-            .map_err(|_| stream_closed(&id, "before it was opened"))?;
-        let mut rx = self
-            .client
-            .streaming()
-            .stream(in_namespace(tokio_stream::wrappers::ReceiverStream::new(
-                rx,
-            )))
-            .await
-            .map_err(call("Streaming.Stream", &id))?
-            .into_inner();
-        // containerd acknowledges a registered stream with one message.
-        rx.message()
-            .await
-            .map_err(call("Streaming.Stream", &id))?
-            .ok_or_else(|| stream_closed(&id, "before acknowledging it"))?;
-        Ok(ClientStream { id, tx, rx })
-    }
-
     /// Imports the archive at `archive` and unpacks its images for `platform`; answers the
     /// names containerd gave them.
     pub async fn import_archive(
@@ -153,16 +109,6 @@ impl Containerd {
         names.sort();
         names.dedup();
         Ok(names)
-    }
-}
-
-/// containerd closed a stream early.
-fn stream_closed(id: &str, when: &str) -> ContainerdError {
-    ContainerdError::Call {
-        call: "Streaming.Stream",
-        object: id.into(),
-        code: tonic::Code::Unavailable,
-        message: format!("containerd closed the stream {when}"),
     }
 }
 

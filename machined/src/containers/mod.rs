@@ -14,6 +14,8 @@
 //! - [`archive`], [`staging`], [`import`]: an image archive imported over the API: read and
 //!   checked for the node's platform, staged on DATA while it streams in (a cut stream
 //!   resumes), then handed whole to containerd's transfer service.
+//! - [`registry_auth`]: registry credentials, given to containerd when a registry asks for
+//!   them during a pull, over an auth stream ([`streams`]).
 //! - [`oci_spec`]: the OCI runtime spec of a container service (pure).
 //! - [`runtime`]: [`ContainerRuntime`], the [`crate::services::Spawner`] of container services:
 //!   the supervisor runs containers exactly as it runs programs (dependencies, restart
@@ -21,8 +23,7 @@
 //!   be pulled is retried with backoff and never blocks other services.
 //!
 //! Limits: registries over HTTPS only, with the system's or a configured CA (containerd 1.7's
-//! transfer service has no plain HTTP, mirrors or `hosts.toml`); no registry credentials
-//! yet; on a node, containers are confined with chroot in their mount namespace rather than
+//! transfer service has no plain HTTP, mirrors or `hosts.toml`); on a node, containers are confined with chroot in their mount namespace rather than
 //! pivot_root (machined and so containerd run from the initramfs, whose root cannot be
 //! pivoted away), which a container with `CAP_SYS_ADMIN` (`privileged`) can leave; no
 //! seccomp profile and no user namespaces; users by name in an image are refused; an isolated network has
@@ -34,8 +35,10 @@ pub mod image;
 pub mod images;
 pub mod import;
 pub mod oci_spec;
+pub mod registry_auth;
 pub mod runtime;
 pub mod staging;
+pub mod streams;
 pub mod system;
 
 pub use runtime::ContainerRuntime;

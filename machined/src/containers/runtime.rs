@@ -7,6 +7,7 @@
 use super::client::{Containerd, ContainerdError};
 use super::image::{self, ImageConfig};
 use super::oci_spec::{self, DeviceNode, HostParts};
+use super::registry_auth::{self, PullCredentials};
 use super::system::RuntimePaths;
 use crate::services::logring::OutputStream;
 use crate::services::process::{BoxFuture, Exit, Spawned, StopSignal, read_lines};
@@ -41,6 +42,7 @@ pub fn oci_arch() -> &'static str {
 pub struct ContainerRuntime {
     paths: RuntimePaths,
     client: tokio::sync::Mutex<Option<Containerd>>,
+    credentials: std::sync::Mutex<Vec<PullCredentials>>,
 }
 
 fn runtime_error(name: &str) -> impl FnOnce(ContainerdError) -> ServiceError + '_ {
@@ -56,6 +58,7 @@ impl ContainerRuntime {
         Self {
             paths,
             client: tokio::sync::Mutex::new(None),
+            credentials: std::sync::Mutex::default(),
         }
     }
 
@@ -64,12 +67,22 @@ impl ContainerRuntime {
         &self.paths
     }
 
-    /// Makes containerd trust the CAs of `registries` (from its next start).
+    /// Makes containerd trust the CAs of `registries` (from its next start) and the next
+    /// pulls use their credentials.
     pub fn set_registries(
         &self,
         registries: &[basalt_config::schema::Registry],
     ) -> Result<(), crate::state::StateError> {
+        if let Ok(mut credentials) = self.credentials.lock() {
+            *credentials = registry_auth::from_registries(registries);
+        }
         super::system::write_registry_cas(&self.paths.ca_dir, registries)
+    }
+
+    /// The credentials a pull of `reference` needs, if its registry has any.
+    fn credentials_for(&self, reference: &str) -> Option<PullCredentials> {
+        let credentials = self.credentials.lock().ok()?;
+        registry_auth::for_reference(&credentials, reference).cloned()
     }
 
     /// A connection to containerd (kept, re-made after a failure).
@@ -110,7 +123,11 @@ impl ContainerRuntime {
         if present && !spec.pull_always {
             return Ok(());
         }
-        match c.pull(&spec.image, &Self::platform()).await {
+        let credentials = self.credentials_for(&spec.image);
+        match c
+            .pull(&spec.image, &Self::platform(), credentials.as_ref())
+            .await
+        {
             Ok(()) => Ok(()),
             // An image already present may still run when an `always` pull fails.
             Err(_) if present => Ok(()),

@@ -213,7 +213,8 @@ fn ca_file_name(host: &str) -> String {
 pub fn registry_cas_digest(registries: &[Registry]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for r in registries {
+    // Only CAs count: credentials are given per pull and need no restart.
+    for r in registries.iter().filter(|r| !r.ca.is_empty()) {
         h.update(r.host.as_bytes());
         h.update([0]);
         h.update(r.ca.as_bytes());
@@ -226,6 +227,7 @@ pub fn registry_cas_digest(registries: &[Registry]) -> String {
 /// registries no longer listed are removed (their CA must not stay trusted).
 pub fn write_registry_cas(dir: &Path, registries: &[Registry]) -> Result<(), StateError> {
     crate::state::create_private_dir(dir)?;
+    let registries: Vec<&Registry> = registries.iter().filter(|r| !r.ca.is_empty()).collect();
     let wanted: Vec<String> = registries.iter().map(|r| ca_file_name(&r.host)).collect();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -254,10 +256,12 @@ mod tests {
         let a = Registry {
             host: "a:5000".into(),
             ca: "CA-A".into(),
+            auth: None,
         };
         let b = Registry {
             host: "b".into(),
             ca: "CA-B".into(),
+            auth: None,
         };
         write_registry_cas(dir.path(), &[a.clone(), b.clone()]).unwrap();
         assert_eq!(
@@ -271,8 +275,26 @@ mod tests {
         assert_eq!(one.env["SSL_CERT_DIR"], "/s/containerd/registry-cas");
         assert_ne!(
             one,
-            paths.service(&[a, b]),
+            paths.service(&[a.clone(), b]),
             "a changed CA set changes the service"
+        );
+        let login = Registry {
+            host: "c".into(),
+            ca: String::new(),
+            auth: Some(basalt_config::schema::RegistryAuth {
+                username: "u".into(),
+                password: "p".into(),
+            }),
+        };
+        assert_eq!(
+            one,
+            paths.service(&[a.clone(), login.clone()]),
+            "credentials do not restart containerd"
+        );
+        write_registry_cas(dir.path(), &[a, login]).unwrap();
+        assert!(
+            !dir.path().join("c.pem").exists(),
+            "no CA file without a CA"
         );
         let cfg = RuntimePaths::dev(Path::new("/s"), Path::new("/bin")).config_toml();
         assert!(

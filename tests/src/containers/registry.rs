@@ -90,6 +90,7 @@ pub struct Registry {
     addr: String,
     dir: PathBuf,
     ca_pem: Option<String>,
+    login: Option<(String, String)>,
 }
 
 impl Registry {
@@ -99,6 +100,17 @@ impl Registry {
     /// `certs/ca.crt` (the layout skopeo's `--cert-dir` and containerd's `hosts.toml` read).
     /// Returns once `GET /v2/` answers 200; panics with the log when it does not within 30 s.
     pub fn start(dir: &Path, tls: bool) -> Registry {
+        Self::start_inner(dir, tls, None)
+    }
+
+    /// Like [`Registry::start`] with TLS, but every request needs HTTP Basic credentials
+    /// `user`/`password` (an htpasswd file with a bcrypt hash, the only kind docker-registry
+    /// reads); `GET /v2/` without them answers 401.
+    pub fn start_with_login(dir: &Path, user: &str, password: &str) -> Registry {
+        Self::start_inner(dir, true, Some((user, password)))
+    }
+
+    fn start_inner(dir: &Path, tls: bool, login: Option<(&str, &str)>) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).is_file(),
             "{REGISTRY_BIN} is missing (package docker-registry): run scripts/setup-host"
@@ -128,6 +140,17 @@ impl Registry {
             ));
             ca.cert_pem()
         });
+        if let Some((user, password)) = login {
+            let hash = bcrypt::hash_with_salt(password, 4, *b"basalt-test-salt")
+                .expect("bcrypt hash")
+                .format_for_version(bcrypt::Version::TwoY);
+            let htpasswd = dir.join("htpasswd");
+            fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: basalt-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
         let config_path = dir.join("config.yml");
         fs::write(&config_path, config).expect("write the registry's config.yml");
         let log_path = dir.join("registry.log");
@@ -145,12 +168,14 @@ impl Registry {
             addr,
             dir: dir.to_path_buf(),
             ca_pem,
+            login: login.map(|(u, p)| (u.to_string(), p.to_string())),
         };
-        registry.wait_ready(Duration::from_secs(30));
+        let ready = if login.is_some() { "401" } else { "200" };
+        registry.wait_ready(ready, Duration::from_secs(30));
         registry
     }
 
-    fn wait_ready(&mut self, timeout: Duration) {
+    fn wait_ready(&mut self, ready: &str, timeout: Duration) {
         let start = Instant::now();
         let url = format!("{}/v2/", self.url());
         let mut last = String::new();
@@ -176,7 +201,7 @@ impl Registry {
             }
             let out = curl.arg(&url).output().expect("run curl");
             let code = String::from_utf8_lossy(&out.stdout).to_string();
-            if code == "200" {
+            if code == ready {
                 return;
             }
             last = format!(
@@ -224,6 +249,11 @@ impl Registry {
     /// A folder holding only `ca.crt` (with TLS): skopeo's `--cert-dir`/`--dest-cert-dir`.
     pub fn cert_dir(&self) -> Option<PathBuf> {
         self.ca_pem.as_ref().map(|_| self.dir.join("certs"))
+    }
+
+    /// The user name and password it wants (see [`Registry::start_with_login`]).
+    pub fn login(&self) -> Option<(&str, &str)> {
+        self.login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
     /// Its log so far.

@@ -46,10 +46,13 @@ fn tls_args(registry: &Registry, cert_flag: &str, verify_flag: &str) -> Vec<OsSt
 
 /// Pushes the layout at `layout` to `dest` (`127.0.0.1:PORT/name:tag`, see
 /// [`Registry::reference`]) on `registry` with `skopeo copy`, trusting the registry's CA
-/// (or, without TLS, over plain HTTP).
+/// (or, without TLS, over plain HTTP), logging in when it wants credentials.
 pub fn push(layout: &Path, dest: &str, registry: &Registry) {
     let mut args: Vec<OsString> = vec!["copy".into(), "--quiet".into()];
     args.extend(tls_args(registry, "--dest-cert-dir", "--dest-tls-verify"));
+    if let Some((user, password)) = registry.login() {
+        args.push(format!("--dest-creds={user}:{password}").into());
+    }
     args.push(oci_source(layout));
     args.push(format!("docker://{dest}").into());
     skopeo(&args);
