@@ -756,7 +756,13 @@ fn generate(g: &Gen) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| format!("{kid}-{}", now.as_nanos()));
             println!(
                 "{}",
-                key.sign(kid, audience, scopes, now.as_secs() + ttl, &jti)
+                key.sign(
+                    kid,
+                    audience,
+                    scopes,
+                    (now.as_secs(), now.as_secs() + ttl),
+                    &jti
+                )
             );
         }
     }

@@ -89,19 +89,20 @@ impl TokenKey {
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }
 
-    /// A token with key id `kid` for `audience`, granting `scopes`, expiring at `exp` (Unix
-    /// seconds), with id `jti`.
+    /// A token with key id `kid` for `audience`, granting `scopes`, valid from `iat` to `exp`
+    /// (Unix seconds; a node refuses a lifetime beyond its `api.tokenPolicy`), with id `jti`.
     pub fn sign(
         &self,
         kid: &str,
         audience: &[String],
         scopes: &[String],
-        exp: u64,
+        (iat, exp): (u64, u64),
         jti: &str,
     ) -> String {
         let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
         let payload = serde_json::json!({
             "aud": audience,
+            "iat": iat,
             "exp": exp,
             "jti": jti,
             "scope": scopes.join(" "),
@@ -119,13 +120,20 @@ mod tests {
         let k = TokenKey::generate().unwrap();
         let back = TokenKey::from_pem(&k.to_pem()).unwrap();
         assert_eq!(back.public_key_base64(), k.public_key_base64());
-        let t = k.sign("ci", &["node-1".into()], &["role:reader".into()], 42, "j1");
+        let t = k.sign(
+            "ci",
+            &["node-1".into()],
+            &["role:reader".into()],
+            (40, 42),
+            "j1",
+        );
         assert_eq!(t.split('.').count(), 3);
         let payload = URL_SAFE_NO_PAD
             .decode(t.split('.').nth(1).unwrap())
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(v["scope"], "role:reader");
+        assert_eq!((v["iat"].as_u64(), v["exp"].as_u64()), (Some(40), Some(42)));
         assert_eq!(STANDARD.decode(k.public_key_base64()).unwrap().len(), 32);
     }
 }

@@ -76,6 +76,24 @@ pub fn parse_config(data: &[u8]) -> Result<(Config, Vec<String>), SettingsError>
     Ok((config, warnings))
 }
 
+/// The configured limits on tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// The longest lifetime (`exp - iat`) accepted, in seconds.
+    pub max_lifetime_secs: u64,
+    /// Token ids refused.
+    pub revoked: std::collections::BTreeSet<String>,
+}
+
+impl Default for TokenLimits {
+    fn default() -> Self {
+        TokenLimits {
+            max_lifetime_secs: basalt_config::schema::DEFAULT_TOKEN_MAX_LIFETIME_SECONDS,
+            revoked: std::collections::BTreeSet::new(),
+        }
+    }
+}
+
 /// An Ed25519 key trusted to sign bearer tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedTokenKey {
@@ -103,6 +121,8 @@ pub struct ApiSettings {
     pub key: PrivateKeyDer<'static>,
     /// Keys trusted to sign bearer tokens.
     pub token_keys: Vec<TrustedTokenKey>,
+    /// The limits on bearer tokens.
+    pub token_limits: TokenLimits,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -115,6 +135,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("ca", &self.ca.len())
             .field("cert_chain", &self.cert_chain.len())
             .field("token_keys", &self.token_keys)
+            .field("token_limits", &self.token_limits)
             .finish_non_exhaustive()
     }
 }
@@ -209,6 +230,14 @@ impl ApiSettings {
             cert_chain,
             key,
             token_keys,
+            token_limits: TokenLimits {
+                max_lifetime_secs: api.token_max_lifetime_seconds(),
+                revoked: api
+                    .token_policy
+                    .iter()
+                    .flat_map(|p| p.revoked_ids.iter().cloned())
+                    .collect(),
+            },
         })
     }
 }

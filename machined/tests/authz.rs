@@ -173,7 +173,13 @@ async fn bearer_tokens_are_checked_and_only_narrow() {
     let node = fx.start_configured("tokens");
     let key = &fx.token_key;
     let sign = |aud: &str, scope: &str, exp: u64, jti: &str| {
-        key.sign("ci", &[aud.to_string()], &[scope.to_string()], exp, jti)
+        key.sign(
+            "ci",
+            &[aud.to_string()],
+            &[scope.to_string()],
+            (now(), exp),
+            jti,
+        )
     };
     let reboot_as = |cert: &'static str, t: String| {
         let fx = &fx;
@@ -210,7 +216,7 @@ async fn bearer_tokens_are_checked_and_only_narrow() {
             "fleet",
             &[aud.to_string()],
             &["role:operator".to_string()],
-            now() + 600,
+            (now(), now() + 600),
             jti,
         )
     };
@@ -254,12 +260,15 @@ async fn bearer_tokens_are_checked_and_only_narrow() {
         "ci",
         &["node-1".into()],
         &["role:admin".into()],
-        now() + 600,
+        (now(), now() + 600),
         "rogue",
     );
     let wrong_aud = sign("node-2", "role:admin", now() + 600, "aud");
+    // Longer than the default maximum lifetime (a day).
+    let two_days = sign("node-1", "role:admin", now() + 2 * 86_400, "long");
     let payload = format!(
-        r#"{{"aud":"node-1","exp":{},"scope":"role:admin"}}"#,
+        r#"{{"aud":"node-1","iat":{},"exp":{},"scope":"role:admin"}}"#,
+        now(),
         now() + 600
     );
     let b64 = |s: &str| {
@@ -287,6 +296,7 @@ async fn bearer_tokens_are_checked_and_only_narrow() {
         ("expired", expired),
         ("wrong key", wrong_key),
         ("wrong audience", wrong_aud),
+        ("too long", two_days),
         ("alg none", alg_none),
         ("HS256", hs256),
         ("garbage", "not-a-token".to_string()),
@@ -309,7 +319,7 @@ async fn bearer_tokens_are_checked_and_only_narrow() {
         .iter()
         .filter(|e| e.result == "UNAUTHENTICATED")
         .collect();
-    assert_eq!(refused.len(), 7, "{entries:#?}");
+    assert_eq!(refused.len(), 8, "{entries:#?}");
     assert!(
         refused
             .iter()
@@ -317,4 +327,34 @@ async fn bearer_tokens_are_checked_and_only_narrow() {
     );
     assert!(refused.iter().any(|e| e.reason.contains("expired")));
     assert!(refused.iter().any(|e| e.reason.contains("\"none\"")));
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.reason.contains("api.tokenPolicy.maxLifetimeSeconds"))
+    );
+
+    // A revocation in the configuration refuses a token from the next call on.
+    let kept = sign("node-1", "role:operator", now() + 600, "to-revoke");
+    assert_eq!(reboot(kept.clone()).await, Code::Ok);
+    let mut config = basalt_config::Config::from_yaml(&fx.config_yaml).unwrap();
+    config.machine.api.token_policy = Some(basalt_config::schema::TokenPolicy {
+        max_lifetime_seconds: None,
+        revoked_ids: vec!["to-revoke".into()],
+    });
+    admin
+        .machine
+        .apply_configuration(pb::ApplyConfigurationRequest {
+            data: config.to_yaml().unwrap().into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reboot(kept).await, Code::Unauthenticated);
+    let entries = audit(&mut admin, "/basalt.machine.v1.MachineService/Reboot").await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.reason.contains("token to-revoke is revoked")),
+        "{entries:#?}"
+    );
 }

@@ -102,6 +102,40 @@ pub struct ApiConfig {
     /// Ed25519 public keys whose signed bearer tokens (JWT, EdDSA) the API accepts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_token_keys: Vec<TokenKey>,
+    /// Limits on bearer tokens: their longest lifetime and the ids revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_policy: Option<TokenPolicy>,
+}
+
+/// The default of [`TokenPolicy::max_lifetime_seconds`]: one day.
+pub const DEFAULT_TOKEN_MAX_LIFETIME_SECONDS: u64 = 86_400;
+/// The largest [`TokenPolicy::max_lifetime_seconds`] accepted: one year.
+pub const MAX_TOKEN_MAX_LIFETIME_SECONDS: u64 = 31_536_000;
+/// The most ids [`TokenPolicy::revoked_ids`] may list.
+pub const MAX_REVOKED_TOKEN_IDS: usize = 1000;
+
+/// Limits on the bearer tokens the API accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TokenPolicy {
+    /// The longest lifetime (`exp` minus `iat`, in seconds) a token may have; a token
+    /// issued for longer is refused. Default [`DEFAULT_TOKEN_MAX_LIFETIME_SECONDS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime_seconds: Option<u64>,
+    /// Token ids refused although validly signed: the `jti` claim, or for a token without
+    /// one the `sha256:` id the audit log shows for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_ids: Vec<String>,
+}
+
+impl ApiConfig {
+    /// The longest token lifetime accepted, in seconds.
+    pub fn token_max_lifetime_seconds(&self) -> u64 {
+        self.token_policy
+            .as_ref()
+            .and_then(|p| p.max_lifetime_seconds)
+            .unwrap_or(DEFAULT_TOKEN_MAX_LIFETIME_SECONDS)
+    }
 }
 
 impl Default for ApiConfig {
@@ -113,6 +147,7 @@ impl Default for ApiConfig {
             certificate: None,
             key: None,
             trusted_token_keys: Vec::new(),
+            token_policy: None,
         }
     }
 }

@@ -16,8 +16,10 @@ mod service;
 mod update;
 
 pub use machine::{
-    ApiConfig, DEFAULT_API_PORT, DEFAULT_FILE_MODE, DEFAULT_LISTEN_ADDRESS, File, FileMode, FileOp,
-    KernelModule, MachineConfig, RESERVED_FILE_PREFIXES, Role, TokenKey, WRITABLE_FILE_PREFIXES,
+    ApiConfig, DEFAULT_API_PORT, DEFAULT_FILE_MODE, DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_TOKEN_MAX_LIFETIME_SECONDS, File, FileMode, FileOp, KernelModule,
+    MAX_REVOKED_TOKEN_IDS, MAX_TOKEN_MAX_LIFETIME_SECONDS, MachineConfig, RESERVED_FILE_PREFIXES,
+    Role, TokenKey, TokenPolicy, WRITABLE_FILE_PREFIXES,
 };
 pub use network::{Interface, NetworkConfig, Route, Vlan};
 pub use service::{

@@ -6,7 +6,8 @@ use super::Checker;
 use super::rules;
 use crate::keys;
 use crate::schema::{
-    ApiConfig, File, MachineConfig, RESERVED_FILE_PREFIXES as RESERVED_PREFIXES,
+    ApiConfig, File, MAX_REVOKED_TOKEN_IDS, MAX_TOKEN_MAX_LIFETIME_SECONDS, MachineConfig,
+    RESERVED_FILE_PREFIXES as RESERVED_PREFIXES, TokenPolicy,
     WRITABLE_FILE_PREFIXES as WRITABLE_PREFIXES,
 };
 
@@ -170,6 +171,39 @@ fn check_api(c: &mut Checker, api: &ApiConfig) {
             rules::token(&token_key.audience),
         );
     }
+    if let Some(policy) = &api.token_policy {
+        check_token_policy(c, &format!("{root}.tokenPolicy"), policy);
+    }
+}
+
+fn check_token_policy(c: &mut Checker, root: &str, policy: &TokenPolicy) {
+    if let Some(max) = policy.max_lifetime_seconds
+        && !(60..=MAX_TOKEN_MAX_LIFETIME_SECONDS).contains(&max)
+    {
+        c.error(
+            &format!("{root}.maxLifetimeSeconds"),
+            format!(
+                "{max} is outside 60 to {MAX_TOKEN_MAX_LIFETIME_SECONDS} (one minute to one year)"
+            ),
+        );
+    }
+    if policy.revoked_ids.len() > MAX_REVOKED_TOKEN_IDS {
+        c.error(
+            &format!("{root}.revokedIds"),
+            format!(
+                "{} ids, at most {MAX_REVOKED_TOKEN_IDS}",
+                policy.revoked_ids.len()
+            ),
+        );
+    }
+    for (i, id) in policy.revoked_ids.iter().enumerate() {
+        if id.trim().is_empty() || id.len() > 256 {
+            c.error(
+                &format!("{root}.revokedIds[{i}]"),
+                "a token id is 1 to 256 characters, not blank",
+            );
+        }
+    }
 }
 
 fn check_file(c: &mut Checker, root: &str, file: &File) {
@@ -217,7 +251,9 @@ fn check_file(c: &mut Checker, root: &str, file: &File) {
 
 #[cfg(test)]
 mod tests {
-    use crate::schema::{Config, FileMode, KernelModule, MachineConfig, Secret, TokenKey};
+    use crate::schema::{
+        Config, FileMode, KernelModule, MachineConfig, Secret, TokenKey, TokenPolicy,
+    };
     use crate::validate::Validation;
 
     fn validate(m: MachineConfig) -> Validation {
@@ -247,6 +283,31 @@ mod tests {
             error_paths(&v),
             ["MachineConfig.api.ca", "MachineConfig.api.certificate"]
         );
+    }
+
+    #[test]
+    fn token_policy_bounds() {
+        let mut m = base();
+        m.api.token_policy = Some(TokenPolicy {
+            max_lifetime_seconds: Some(10),
+            revoked_ids: vec!["ci-1".into(), " ".into()],
+        });
+        let v = validate(m.clone());
+        assert_eq!(
+            error_paths(&v),
+            [
+                "MachineConfig.api.tokenPolicy.maxLifetimeSeconds",
+                "MachineConfig.api.tokenPolicy.revokedIds[1]"
+            ]
+        );
+        m.api.token_policy = Some(TokenPolicy {
+            max_lifetime_seconds: Some(3600),
+            revoked_ids: vec!["ci-1".into()],
+        });
+        assert!(validate(m.clone()).errors.is_empty());
+        assert_eq!(m.api.token_max_lifetime_seconds(), 3600);
+        m.api.token_policy = None;
+        assert_eq!(m.api.token_max_lifetime_seconds(), 86_400);
     }
 
     #[test]

@@ -113,7 +113,11 @@ fn secure_kind(settings: &ApiSettings) -> ModeKind {
     let mut audiences = vec![settings.machine_id.clone()];
     audiences.extend(settings.cluster_id.clone());
     ModeKind::Secure {
-        verifier: token::TokenVerifier::new(settings.token_keys.clone(), audiences),
+        verifier: token::TokenVerifier::new(
+            settings.token_keys.clone(),
+            audiences,
+            settings.token_limits.clone(),
+        ),
         machine_id: settings.machine_id.clone(),
     }
 }

@@ -7,9 +7,12 @@
 //!   are refused before any key is looked at) and it has no `crit` parameter;
 //! - its `kid` names a trusted key and the Ed25519 signature over `header.payload` verifies
 //!   with that key (ring's verifier, which rejects non-canonical signatures);
-//! - the claims have `exp` (required) not in the past, `nbf` (optional) not in the future
-//!   (both with [`LEEWAY_SECS`] of clock skew), and an `aud` (string or list) naming this
-//!   machine's id or its cluster id;
+//! - the claims have `exp` (required) not in the past, `nbf` (optional) not in the future,
+//!   `iat` (required) not in the future (all with [`LEEWAY_SECS`] of clock skew), a
+//!   lifetime (`exp - iat`) no longer than the configured maximum
+//!   (`api.tokenPolicy.maxLifetimeSeconds`), an `aud` (string or list) naming this
+//!   machine's id or its cluster id, and an id (`jti`, else the token's hash id) not in the
+//!   configured revocation list (`api.tokenPolicy.revokedIds`);
 //! - only then are the `scope` entries read (a space-separated string or a list):
 //!   `role:admin|operator|reader` grants what that role may do, `rpc:/pkg.Service/Method`
 //!   grants that one RPC. Unknown scope entries are ignored.
@@ -19,10 +22,12 @@
 //! library makes "which algorithms are accepted" a configuration question. This module
 //! accepts exactly one algorithm, is ~200 lines, and uses `ring`, already linked for TLS.
 //!
-//! Limits: no revocation list (tokens should be short-lived); `iat` is not checked.
+//! Limits: tokens are checked against the node's clock, which before its first time sync
+//! may be behind; revocation is by a list in the configuration, so it reaches a node with
+//! the next configuration applied to it.
 
 use crate::api::authz::Role;
-use crate::settings::TrustedTokenKey;
+use crate::settings::{TokenLimits, TrustedTokenKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
@@ -69,6 +74,30 @@ pub enum TokenError {
         /// The current time.
         now: u64,
     },
+    /// The token has no `iat` claim.
+    #[error("token has no iat (issued at) claim: its lifetime cannot be bounded")]
+    MissingIssuedAt,
+    /// The token says it was issued in the future.
+    #[error("token issued at {iat}, after now ({now})")]
+    IssuedInFuture {
+        /// The `iat` claim.
+        iat: u64,
+        /// The current time.
+        now: u64,
+    },
+    /// The token was issued for longer than the configured maximum.
+    #[error(
+        "token lifetime {lifetime} s is longer than the {max} s this node accepts (api.tokenPolicy.maxLifetimeSeconds)"
+    )]
+    TooLong {
+        /// `exp - iat`.
+        lifetime: u64,
+        /// The maximum.
+        max: u64,
+    },
+    /// The token's id is revoked in the configuration.
+    #[error("token {0} is revoked (api.tokenPolicy.revokedIds)")]
+    Revoked(String),
     /// The audience is not one this key's tokens may carry (the key's configured audience,
     /// or else this machine's or its cluster's id).
     #[error("token audience {got:?} is not accepted here (want one of {want:?})")]
@@ -143,6 +172,7 @@ impl OneOrMany {
 struct Claims {
     exp: Option<u64>,
     nbf: Option<u64>,
+    iat: Option<u64>,
     aud: Option<OneOrMany>,
     scope: Option<OneOrMany>,
     jti: Option<String>,
@@ -168,12 +198,18 @@ fn part<T: serde::de::DeserializeOwned>(b64: &str, what: &str) -> Result<T, Toke
 pub struct TokenVerifier {
     keys: Vec<TrustedTokenKey>,
     audiences: Vec<String>,
+    limits: TokenLimits,
 }
 
 impl TokenVerifier {
-    /// A verifier trusting `keys`, accepting tokens addressed to any of `audiences`.
-    pub fn new(keys: Vec<TrustedTokenKey>, audiences: Vec<String>) -> Self {
-        Self { keys, audiences }
+    /// A verifier trusting `keys`, accepting tokens addressed to any of `audiences`, within
+    /// `limits`.
+    pub fn new(keys: Vec<TrustedTokenKey>, audiences: Vec<String>, limits: TokenLimits) -> Self {
+        Self {
+            keys,
+            audiences,
+            limits,
+        }
     }
 
     /// Checks `token` at time `now` (Unix seconds). See the module docs for the rules.
@@ -224,6 +260,17 @@ impl TokenVerifier {
         {
             return Err(TokenError::NotYetValid { nbf, now });
         }
+        let iat = claims.iat.ok_or(TokenError::MissingIssuedAt)?;
+        if now.saturating_add(LEEWAY_SECS) < iat {
+            return Err(TokenError::IssuedInFuture { iat, now });
+        }
+        let lifetime = exp.saturating_sub(iat);
+        if lifetime > self.limits.max_lifetime_secs {
+            return Err(TokenError::TooLong {
+                lifetime,
+                max: self.limits.max_lifetime_secs,
+            });
+        }
         let aud = claims.aud.map(|a| a.into_vec(false)).unwrap_or_default();
         // A key bound to an audience in the config accepts only that audience; otherwise the
         // machine's and cluster's ids.
@@ -244,11 +291,15 @@ impl TokenVerifier {
             .iter()
             .filter_map(|s| Scope::parse(s))
             .collect();
+        let id = claims
+            .jti
+            .filter(|j| !j.is_empty())
+            .unwrap_or_else(|| token_hash_id(token));
+        if self.limits.revoked.contains(&id) {
+            return Err(TokenError::Revoked(id));
+        }
         Ok(VerifiedToken {
-            id: claims
-                .jti
-                .filter(|j| !j.is_empty())
-                .unwrap_or_else(|| token_hash_id(token)),
+            id,
             key_id: kid,
             subject: claims.sub,
             scopes,
@@ -293,6 +344,10 @@ mod tests {
                 },
             ],
             vec!["node-1".into(), "lab".into()],
+            TokenLimits {
+                max_lifetime_secs: 3600,
+                revoked: ["gone".to_string()].into(),
+            },
         )
     }
 
@@ -300,7 +355,8 @@ mod tests {
 
     fn claims(exp: u64, aud: &str) -> String {
         format!(
-            r#"{{"exp":{exp},"aud":{aud},"jti":"t1","scope":"role:operator rpc:/a.B/C bogus"}}"#
+            r#"{{"exp":{exp},"iat":{},"aud":{aud},"jti":"t1","scope":"role:operator rpc:/a.B/C bogus"}}"#,
+            NOW - 60
         )
     }
 
@@ -363,15 +419,80 @@ mod tests {
             &key(1),
             HEADER,
             &format!(
-                r#"{{"exp":{},"nbf":{},"aud":"node-1"}}"#,
-                NOW + 7200,
-                NOW + 3600
+                r#"{{"exp":{},"nbf":{},"iat":{},"aud":"node-1"}}"#,
+                NOW + 3000,
+                NOW + 2000,
+                NOW - 10
             ),
         );
         assert!(matches!(
             v.verify(&not_yet, NOW),
             Err(TokenError::NotYetValid { .. })
         ));
+    }
+
+    #[test]
+    fn issue_time_lifetime_and_revocation() {
+        let v = verifier();
+        let token = |iat: Option<u64>, exp: u64, jti: &str| {
+            let iat = iat.map(|i| format!(r#""iat":{i},"#)).unwrap_or_default();
+            sign(
+                &key(1),
+                HEADER,
+                &format!(r#"{{"exp":{exp},{iat}"aud":"node-1","jti":"{jti}"}}"#),
+            )
+        };
+        assert_eq!(
+            v.verify(&token(None, NOW + 60, "a"), NOW),
+            Err(TokenError::MissingIssuedAt)
+        );
+        assert_eq!(
+            v.verify(&token(Some(NOW + 600), NOW + 900, "a"), NOW),
+            Err(TokenError::IssuedInFuture {
+                iat: NOW + 600,
+                now: NOW
+            })
+        );
+        assert!(v.verify(&token(Some(NOW + 20), NOW + 60, "a"), NOW).is_ok());
+        assert!(
+            v.verify(&token(Some(NOW - 100), NOW + 3500, "a"), NOW)
+                .is_ok()
+        );
+        let e = v
+            .verify(&token(Some(NOW - 100), NOW + 3501, "a"), NOW)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            TokenError::TooLong {
+                lifetime: 3601,
+                max: 3600
+            }
+        );
+        assert!(e.to_string().contains("api.tokenPolicy.maxLifetimeSeconds"));
+        assert_eq!(
+            v.verify(&token(Some(NOW - 10), NOW + 60, "gone"), NOW),
+            Err(TokenError::Revoked("gone".into()))
+        );
+        // Without a jti the hash id the audit log shows is what a revocation names.
+        let anonymous = sign(
+            &key(1),
+            HEADER,
+            &format!(r#"{{"exp":{},"iat":{},"aud":"node-1"}}"#, NOW + 60, NOW),
+        );
+        let id = token_hash_id(&anonymous);
+        assert_eq!(v.verify(&anonymous, NOW).unwrap().id, id);
+        let revoking = TokenVerifier::new(
+            v.keys.clone(),
+            v.audiences.clone(),
+            TokenLimits {
+                max_lifetime_secs: 3600,
+                revoked: [id.clone()].into(),
+            },
+        );
+        assert_eq!(
+            revoking.verify(&anonymous, NOW),
+            Err(TokenError::Revoked(id))
+        );
     }
 
     #[test]
