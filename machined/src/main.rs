@@ -631,61 +631,88 @@ async fn commit_when_healthy(node: Arc<node::Node>, booted: Slot, check: node_bo
     let started = std::time::Instant::now();
     let mut last = Vec::new();
     loop {
-        let failing = check.failing().await;
-        if failing.is_empty() {
-            let result = node
-                .boot
-                .lock()
-                .map(
-                    |mut b| -> Result<bool, basalt_bootloader::BootloaderError> {
-                        if b.status()?.trial != initial.trial {
-                            return Ok(false);
-                        }
-                        b.mark_good(booted)?;
-                        Ok(true)
-                    },
-                )
-                .map_err(|_| ());
-            match result {
-                Ok(Ok(committed)) => {
-                    let message = match (committed, on_trial, initial.trial) {
-                        (true, true, _) => format!("health checks passed: slot {booted} committed"),
-                        (true, false, Some(failed)) => format!(
-                            "health checks passed: slot {booted} committed; slot {failed} recorded as the last failed trial"
-                        ),
-                        (true, false, None) => format!(
-                            "health checks passed: slot {booted} committed, boot counter restored"
-                        ),
-                        (false, _, _) => format!(
-                            "health checks passed; slot {booted} not marked good: an upgrade activated a new trial meanwhile"
-                        ),
-                    };
-                    console(&dir, &message);
-                    node.events
-                        .publish(EventKind::Boot, &format!("slot {booted}"), message);
-                }
-                Ok(Err(e)) => console(&dir, &format!("committing slot {booted}: {e}")),
-                Err(_) => {}
+        let facts = node_boot::HealthFacts {
+            failing_checks: check.failing().await,
+            critical: node.critical_services(),
+            on_trial,
+            elapsed: started.elapsed(),
+        };
+        match node_boot::decide(&facts) {
+            node_boot::Verdict::Commit => {
+                commit(&node, booted, &initial, on_trial);
+                return;
             }
-            return;
-        }
-        if failing != last {
-            console(&dir, &format!("health: waiting for {}", failing.join("; ")));
-            last = failing;
-        }
-        // Only a trial boot is abandoned: a committed slot is the known-good one.
-        if on_trial && started.elapsed() > node_boot::TRIAL_DEADLINE {
-            console(
-                &dir,
-                &format!(
-                    "slot {booted} not healthy after {} s: rebooting so the bootloader counts the attempt",
-                    node_boot::TRIAL_DEADLINE.as_secs()
-                ),
-            );
-            let _ = node.host.reboot();
-            return;
+            node_boot::Verdict::Wait(failing) => {
+                if failing != last {
+                    console(&dir, &format!("health: waiting for {}", failing.join("; ")));
+                    last = failing;
+                }
+            }
+            node_boot::Verdict::Reboot(failing) => {
+                console(
+                    &dir,
+                    &format!(
+                        "slot {booted} not healthy after {} s ({}): rebooting so the bootloader counts the attempt",
+                        node_boot::TRIAL_DEADLINE.as_secs(),
+                        failing.join("; ")
+                    ),
+                );
+                if let Err(e) = node.host.reboot() {
+                    console(&dir, &format!("reboot after the failed trial: {e}"));
+                }
+                return;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Marks the booted slot good (the health checks passed), unless an upgrade activated a new
+/// trial meanwhile; says what it did on the console and as an event.
+fn commit(
+    node: &node::Node,
+    booted: Slot,
+    initial: &basalt_bootloader::BootStatus,
+    on_trial: bool,
+) {
+    let dir = &node.state_dir;
+    let result = node
+        .boot
+        .lock()
+        .map(
+            |mut b| -> Result<bool, basalt_bootloader::BootloaderError> {
+                if b.status()?.trial != initial.trial {
+                    return Ok(false);
+                }
+                b.mark_good(booted)?;
+                Ok(true)
+            },
+        )
+        .map_err(|_| ());
+    match result {
+        Ok(Ok(committed)) => {
+            let message = match (committed, on_trial, initial.trial) {
+                (true, true, _) => format!("health checks passed: slot {booted} committed"),
+                (true, false, Some(failed)) => format!(
+                    "health checks passed: slot {booted} committed; slot {failed} recorded as the last failed trial"
+                ),
+                (true, false, None) => {
+                    format!("health checks passed: slot {booted} committed, boot counter restored")
+                }
+                (false, _, _) => format!(
+                    "health checks passed; slot {booted} not marked good: an upgrade activated a new trial meanwhile"
+                ),
+            };
+            console(dir, &message);
+            node.events
+                .publish(EventKind::Boot, &format!("slot {booted}"), message);
+        }
+        Ok(Err(e)) => console(dir, &format!("committing slot {booted}: {e}")),
+        // A poisoned lock: a thread panicked holding the boot backend; nothing to commit.
+        Err(_) => console(
+            dir,
+            &format!("committing slot {booted}: the boot backend is unavailable"),
+        ),
     }
 }
 

@@ -12,11 +12,14 @@
 //!
 //! **Commit.** [`HealthCheck`] lists what must hold before `mark_good`: the API accepts
 //! TCP connections on its port, the stored configuration (if any) was applied, and the root
-//! filesystem passed its full dm-verity read in early boot. When the booted slot is on
-//! trial (not committed), machined checks these every second and commits as soon as all
-//! hold; if they do not within [`TRIAL_DEADLINE`], it reboots, so the bootloader counts a
-//! failed attempt and eventually falls back, even if the new machined hangs instead of
-//! crashing.
+//! filesystem passed its full dm-verity read in early boot; and every critical service
+//! ([`CriticalService`]: those the configuration marks `critical`, and containerd) runs. A
+//! critical container retrying its image pull does not hold the commit back: a registry
+//! that is down must not roll an upgrade back. [`decide`] turns these facts into a
+//! [`Verdict`]; machined gathers them every second and commits as soon as it says so. When
+//! the booted slot is on trial and not healthy within [`TRIAL_DEADLINE`], it reboots, so
+//! the bootloader counts a failed attempt and eventually falls back, even if the new
+//! machined hangs instead of crashing.
 
 use basalt_boards::{Board, BootloaderFamily, EnvStorageKind};
 use basalt_bootloader::env::{EnvLayout, FileStore, UbootEnv};
@@ -157,10 +160,128 @@ impl HealthCheck {
     }
 }
 
+/// A service the node is healthy only with, as the supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriticalService {
+    /// Its name.
+    pub name: String,
+    /// Running and healthy.
+    pub running: bool,
+    /// Retrying a start that failed for a reason that may go away (its image pull).
+    pub waiting_for_runtime: bool,
+    /// Its state and message, for the console.
+    pub detail: String,
+}
+
+/// What one round of health checks found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthFacts {
+    /// The failing checks of [`HealthCheck::failing`].
+    pub failing_checks: Vec<String>,
+    /// The critical services.
+    pub critical: Vec<CriticalService>,
+    /// Whether the booted slot is on trial.
+    pub on_trial: bool,
+    /// Time since the checks started.
+    pub elapsed: Duration,
+}
+
+/// What to do after a round of health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Healthy: mark the booted slot good.
+    Commit,
+    /// Not yet healthy: check again (the reasons, for the console).
+    Wait(Vec<String>),
+    /// A trial that did not become healthy in time: reboot so the bootloader counts it.
+    Reboot(Vec<String>),
+}
+
+/// The verdict on `facts` (pure).
+pub fn decide(facts: &HealthFacts) -> Verdict {
+    let mut failing = facts.failing_checks.clone();
+    for s in &facts.critical {
+        if !s.running && !s.waiting_for_runtime {
+            failing.push(format!(
+                "critical service {} is not running: {}",
+                s.name, s.detail
+            ));
+        }
+    }
+    if failing.is_empty() {
+        Verdict::Commit
+    } else if facts.on_trial && facts.elapsed > TRIAL_DEADLINE {
+        Verdict::Reboot(failing)
+    } else {
+        Verdict::Wait(failing)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use basalt_bootloader::env::EnvUpdate;
+
+    fn critical(name: &str, running: bool, waiting_for_runtime: bool) -> CriticalService {
+        CriticalService {
+            name: name.into(),
+            running,
+            waiting_for_runtime,
+            detail: "backoff: exited with code 1".into(),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let healthy = HealthFacts {
+            failing_checks: vec![],
+            critical: vec![critical("containerd", true, false)],
+            on_trial: true,
+            elapsed: Duration::from_secs(5),
+        };
+        assert_eq!(decide(&healthy), Verdict::Commit);
+        let crashing = HealthFacts {
+            critical: vec![
+                critical("containerd", true, false),
+                critical("app", false, false),
+            ],
+            ..healthy.clone()
+        };
+        assert_eq!(
+            decide(&crashing),
+            Verdict::Wait(vec![
+                "critical service app is not running: backoff: exited with code 1".into()
+            ])
+        );
+        let late = HealthFacts {
+            elapsed: TRIAL_DEADLINE + Duration::from_secs(1),
+            ..crashing.clone()
+        };
+        assert!(matches!(decide(&late), Verdict::Reboot(r) if r.len() == 1));
+        let committed_slot = HealthFacts {
+            on_trial: false,
+            ..late.clone()
+        };
+        assert!(
+            matches!(decide(&committed_slot), Verdict::Wait(_)),
+            "a committed slot is never abandoned"
+        );
+        let pulling = HealthFacts {
+            critical: vec![critical("app", false, true)],
+            ..late.clone()
+        };
+        assert_eq!(
+            decide(&pulling),
+            Verdict::Commit,
+            "an image pull that keeps failing does not roll an upgrade back"
+        );
+        let no_api = HealthFacts {
+            failing_checks: vec!["API on 127.0.0.1:50000 not accepting connections".into()],
+            critical: vec![],
+            ..late
+        };
+        assert!(matches!(decide(&no_api), Verdict::Reboot(_)));
+    }
 
     #[tokio::test]
     async fn health_check_reports_each_failure() {

@@ -61,6 +61,49 @@ impl Node {
             .publish(crate::events::EventKind::Config, "services", message);
     }
 
+    /// The services the node is healthy only with: those the applied configuration marks
+    /// `critical`, and containerd while it is supervised.
+    pub fn critical_services(&self) -> Vec<crate::node_boot::CriticalService> {
+        use crate::services::spec::CONTAINERD;
+        let mut names: Vec<String> = self
+            .applied
+            .latest()
+            .map(|a| {
+                a.config
+                    .services
+                    .iter()
+                    .flat_map(|s| s.services.iter())
+                    .filter(|s| s.critical)
+                    .map(|s| s.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if self.services.status(CONTAINERD).is_ok() {
+            names.insert(0, CONTAINERD.to_string());
+        }
+        names
+            .into_iter()
+            .map(|name| match self.services.status(&name) {
+                Ok(s) => crate::node_boot::CriticalService {
+                    running: s.state == crate::services::ServiceState::Running && s.healthy,
+                    waiting_for_runtime: s.waiting_for_runtime,
+                    detail: if s.message.is_empty() {
+                        s.state.name().to_string()
+                    } else {
+                        format!("{}: {}", s.state.name(), s.message)
+                    },
+                    name,
+                },
+                Err(_) => crate::node_boot::CriticalService {
+                    name,
+                    running: false,
+                    waiting_for_runtime: false,
+                    detail: "not supervised".into(),
+                },
+            })
+            .collect()
+    }
+
     /// Stops every service in reverse dependency order before a reboot or power-off. With
     /// `force` a service that does not stop is left behind silently; without it, it is
     /// logged (the power action goes on either way: it was asked for).

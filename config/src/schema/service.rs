@@ -101,6 +101,11 @@ pub struct Service {
     /// When to restart the service after it exits.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// The node is healthy only while this service runs: a trial boot (after an upgrade)
+    /// is committed only once it runs, and falls back when it does not within the trial
+    /// deadline. A container retrying its image pull does not hold the commit back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub critical: bool,
     /// Names of services that must be running before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,

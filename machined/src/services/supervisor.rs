@@ -82,6 +82,9 @@ pub struct ServiceStatus {
     pub since: SystemTime,
     /// Detail, e.g. the last exit status.
     pub message: String,
+    /// Its last start could not happen for a reason that may go away (its image could not
+    /// be pulled, the container runtime is not up): it is retrying, not crashing.
+    pub waiting_for_runtime: bool,
     /// The generation of the last run request the task acted on.
     pub(super) generation: u64,
 }
@@ -165,6 +168,7 @@ impl Supervisor {
                 restarts: 0,
                 since: SystemTime::now(),
                 message: "not started".into(),
+                waiting_for_runtime: false,
                 generation: 0,
             };
             let entry = Arc::new(Entry {

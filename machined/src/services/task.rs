@@ -40,6 +40,7 @@ impl Task {
             s.healthy = false;
             s.since = SystemTime::now();
             s.message = message.clone();
+            s.waiting_for_runtime = false;
             if let Some(g) = generation {
                 s.generation = g;
             }
@@ -90,6 +91,9 @@ impl Task {
                         format!("{message}; retrying in {} s", delay.as_secs_f64().ceil()),
                         None,
                     );
+                    self.entry
+                        .status
+                        .send_modify(|s| s.waiting_for_runtime = true);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         changed = want_rx.changed() => {
