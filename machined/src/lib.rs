@@ -44,6 +44,7 @@ pub mod services;
 pub mod settings;
 pub mod start_config;
 pub mod state;
+pub mod time_floor;
 pub mod time_sync;
 pub mod timefmt;
 pub mod upgrade;

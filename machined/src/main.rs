@@ -362,6 +362,7 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
             resources: node.resources.clone(),
             events: node.events.clone(),
             state_dir: state_dir.clone(),
+            floor: node.time_floor.clone(),
         });
         tokio::spawn(time_sync.run(std::time::Duration::from_secs(args.time_sync_interval)));
     }

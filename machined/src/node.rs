@@ -160,6 +160,8 @@ pub struct Node {
     pub applied: crate::config_watch::ConfigPublisher,
     /// Serialises applies, so two concurrent ones cannot interleave store and switch.
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    /// The time the clock cannot be before (bearer tokens are refused while it is).
+    pub time_floor: Arc<crate::time_floor::TimeFloor>,
     /// Held by the one image import that may run at a time.
     pub(crate) image_import: crate::node_image_import::ImportSlot,
     /// Bumped by every apply that starts or ends a trial: a trial's revert timer acts only
@@ -214,7 +216,12 @@ impl Node {
             events.clone(),
             crate::services::Tuning::default(),
         ));
+        let (time_floor, problem) = crate::time_floor::TimeFloor::open(&parts.state_dir);
+        if let Some(problem) = problem {
+            crate::console(&parts.state_dir, &format!("time floor: {problem}"));
+        }
         Self {
+            time_floor: Arc::new(time_floor),
             dev: parts.dev,
             state_dir: parts.state_dir,
             config: parts.config,

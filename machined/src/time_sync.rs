@@ -208,6 +208,8 @@ pub struct TimeSync {
     pub events: Arc<crate::events::EventBus>,
     /// The state dir (console log).
     pub state_dir: std::path::PathBuf,
+    /// The time floor, raised to the clock after each successful sync.
+    pub floor: Arc<crate::time_floor::TimeFloor>,
 }
 
 impl TimeSync {
@@ -248,6 +250,9 @@ impl TimeSync {
                             Err(e) => step_error = Some(e.to_string()),
                         }
                     }
+                    if step_error.is_none() {
+                        self.raise_floor();
+                    }
                     self.publish(json!({
                         "synced": step_error.is_none(), "server": server,
                         "offsetMs": sample.offset_ns as f64 / 1e6,
@@ -263,6 +268,19 @@ impl TimeSync {
         }
         self.publish(json!({"synced": false, "servers": servers, "errors": errors}));
         false
+    }
+
+    /// The clock was just confirmed by a time server: it becomes the floor.
+    fn raise_floor(&self) {
+        let now = self
+            .host
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Err(e) = self.floor.raise(now) {
+            crate::console(&self.state_dir, &format!("time floor not recorded: {e}"));
+        }
     }
 
     fn publish(&self, spec: serde_json::Value) {

@@ -358,3 +358,40 @@ async fn bearer_tokens_are_checked_and_only_narrow() {
         "{entries:#?}"
     );
 }
+
+/// A node whose recorded time floor is ahead of its clock (a board without a battery-backed
+/// clock, booted before its first time sync) refuses bearer tokens, saying why, and still
+/// serves client certificates.
+#[tokio::test]
+async fn bearer_tokens_are_refused_while_the_clock_is_before_the_time_floor() {
+    let fx = Fixture::new();
+    let state = fx.state_dir("behind");
+    let ten_years = 10 * 365 * 86_400;
+    std::fs::write(
+        state.join(machined::time_floor::FLOOR_FILE),
+        format!("{}\n", now() + ten_years),
+    )
+    .unwrap();
+    let node = fx.start_configured("behind");
+    let token = fx.token_key.sign(
+        "ci",
+        &["node-1".to_string()],
+        &["role:operator".to_string()],
+        (now(), now() + 600),
+        "early",
+    );
+    let mut c = fx.connect(&node, "operator", Some(token)).await.unwrap();
+    let refused = c.machine.version(pb::VersionRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("time floor"), "{refused:?}");
+    let mut plain = fx.connect(&node, "operator", None).await.unwrap();
+    plain.machine.version(pb::VersionRequest {}).await.unwrap();
+    let mut admin = fx.connect(&node, "admin", None).await.unwrap();
+    let entries = audit(&mut admin, "/basalt.machine.v1.MachineService/Version").await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.result == "UNAUTHENTICATED" && e.reason.contains("time floor")),
+        "{entries:#?}"
+    );
+}

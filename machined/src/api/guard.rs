@@ -18,6 +18,7 @@ use crate::api::tls::ConnInfo;
 use crate::api::token::token_hash_id;
 use crate::api::{ApiControl, ModeKind};
 use crate::audit::{AuditLog, AuditPeer, AuditRecord, code_name};
+use crate::time_floor::TimeFloor;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -59,12 +60,18 @@ impl AuditNote {
 pub struct GuardLayer {
     control: Arc<ApiControl>,
     audit: Arc<AuditLog>,
+    floor: Arc<TimeFloor>,
 }
 
 impl GuardLayer {
-    /// A layer deciding with `control`'s current mode and recording into `audit`.
-    pub fn new(control: Arc<ApiControl>, audit: Arc<AuditLog>) -> Self {
-        Self { control, audit }
+    /// A layer deciding with `control`'s current mode, refusing bearer tokens while the
+    /// clock is before `floor`, and recording into `audit`.
+    pub fn new(control: Arc<ApiControl>, audit: Arc<AuditLog>, floor: Arc<TimeFloor>) -> Self {
+        Self {
+            control,
+            audit,
+            floor,
+        }
     }
 }
 
@@ -76,6 +83,7 @@ impl<S> tower::Layer<S> for GuardLayer {
             inner,
             control: self.control.clone(),
             audit: self.audit.clone(),
+            floor: self.floor.clone(),
         }
     }
 }
@@ -86,6 +94,7 @@ pub struct Guard<S> {
     inner: S,
     control: Arc<ApiControl>,
     audit: Arc<AuditLog>,
+    floor: Arc<TimeFloor>,
 }
 
 /// The audit entry of a call in progress, written once by [`Pending::finish`].
@@ -183,6 +192,13 @@ impl<S> Guard<S> {
                             .duration_since(UNIX_EPOCH)
                             .map(|d| d.as_secs())
                             .unwrap_or(0);
+                        let floor = self.floor.get();
+                        if now < floor {
+                            let why = format!(
+                                "bearer token refused: the node's clock ({now}) is before its time floor ({floor}), so expiry cannot be checked; use a client certificate until the clock is synced"
+                            );
+                            return (Decision::deny(Code::Unauthenticated, why), token_id);
+                        }
                         match verifier.verify(&t, now) {
                             Ok(v) => (
                                 authz::decide_certificate_and_token(

@@ -230,7 +230,11 @@ async fn accept_loop(
 pub async fn serve(listener: TcpListener, node: Arc<Node>) -> Result<(), ApiError> {
     let (tx, rx) = mpsc::channel(MAX_PENDING_HANDSHAKES);
     tokio::spawn(accept_loop(listener, node.api.clone(), tx));
-    let guard = guard::GuardLayer::new(node.api.clone(), node.audit.clone());
+    let guard = guard::GuardLayer::new(
+        node.api.clone(),
+        node.audit.clone(),
+        node.time_floor.clone(),
+    );
     tonic::transport::Server::builder()
         .layer(guard)
         .add_service(MachineServiceServer::new(machine::MachineApi::new(
