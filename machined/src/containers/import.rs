@@ -135,7 +135,14 @@ async fn send_file(mut file: tokio::fs::File, stream: ClientStream) {
             .unwrap_or(DATA_MESSAGE)
             .min(DATA_MESSAGE);
         let n = match file.read(&mut buf[..want]).await {
-            Ok(0) => return, // dropping `tx` closes the stream: the end of the archive
+            Ok(0) => {
+                // The end of the archive: close machined's side, then wait for containerd
+                // to close its own. Dropping the receiving side first would reset the
+                // stream and lose the messages still on their way.
+                drop(tx);
+                while let Ok(Some(_)) = rx.message().await {}
+                return;
+            }
             Ok(n) => n,
             // A read error ends the stream early: containerd then reports a broken archive.
             Err(_) => return,
