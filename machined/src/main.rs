@@ -84,6 +84,9 @@ struct Args {
     /// images are removed only on request).
     #[arg(long, default_value_t = 60)]
     image_gc_interval: u64,
+    /// Seconds a newly stored image is left alone by the image collector.
+    #[arg(long, default_value_t = machined::node_images::COLLECTOR_GRACE.as_secs())]
+    image_gc_grace: u64,
     /// Dev mode: the version of the "booted" slot (A) upgrades are compared with.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     dev_version: String,
@@ -368,7 +371,8 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
     }
     if args.image_gc_interval > 0 {
         let every = std::time::Duration::from_secs(args.image_gc_interval);
-        tokio::spawn(node.clone().collect_unused_images(every));
+        let grace = std::time::Duration::from_secs(args.image_gc_grace);
+        tokio::spawn(node.clone().collect_unused_images(every, grace));
     }
     node.services.set_tuning(machined::services::Tuning {
         backoff_base: std::time::Duration::from_millis(args.service_backoff_ms),

@@ -5,15 +5,21 @@
 //!
 //! [`Node::collect_unused_images`] is the image collector: it looks at the fill level of the
 //! file system under containerd's root (DATA on a node) at a fixed interval and, once it is
-//! at least `ServiceConfig.imageGC.highPercent` full, prunes. It connects to containerd only
-//! then, so an idle node with plenty of space costs one `statvfs` per interval.
+//! at least `ServiceConfig.imageGC.highPercent` full, prunes the unused images stored more
+//! than a grace period ([`COLLECTOR_GRACE`] by default) ago (so an image imported for a configuration still to be
+//! applied is not collected at once). It connects to containerd only then, so an idle node
+//! with plenty of space costs one `statvfs` per interval.
 
 use crate::containers::images::{self, ImageUsers, ImagesError, StoredImage};
 use crate::node::Node;
 use basalt_config::schema::DEFAULT_IMAGE_GC_HIGH_PERCENT;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// The default of how long a newly stored image is safe from the collector: time to apply
+/// the configuration that uses an image just imported.
+pub const COLLECTOR_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// Percent of a file system's blocks in use (blocks reserved for root count as used).
 pub fn used_percent(total_blocks: u64, available_blocks: u64) -> u8 {
@@ -76,11 +82,20 @@ impl Node {
 
     /// Removes every image no configured service uses.
     pub async fn prune_images(&self) -> Result<Vec<StoredImage>, ImagesError> {
+        self.prune_unused(None).await
+    }
+
+    /// Removes every image no configured service uses that was stored before
+    /// `created_before` (every such image with `None`).
+    async fn prune_unused(
+        &self,
+        created_before: Option<SystemTime>,
+    ) -> Result<Vec<StoredImage>, ImagesError> {
         let Some(c) = self.containerd().await? else {
             return Ok(Vec::new());
         };
         let _no_apply = self.apply_lock.lock().await;
-        let removed = images::prune(&c, &self.image_users()).await?;
+        let removed = images::prune(&c, &self.image_users(), created_before).await?;
         self.publish_removals(&removed);
         Ok(removed)
     }
@@ -97,7 +112,7 @@ impl Node {
     /// The image collector (see the module docs): runs until machined ends; every
     /// `interval` checks the fill level and prunes when it is at or over the mark. A
     /// problem is logged when it first appears, not at every round.
-    pub async fn collect_unused_images(self: Arc<Self>, interval: Duration) {
+    pub async fn collect_unused_images(self: Arc<Self>, interval: Duration, grace: Duration) {
         let Some(root) = self.containers.as_ref().map(|c| c.paths().root.clone()) else {
             return;
         };
@@ -129,7 +144,8 @@ impl Node {
             if level < high {
                 continue;
             }
-            match self.prune_images().await {
+            let created_before = SystemTime::now().checked_sub(grace);
+            match self.prune_unused(created_before).await {
                 Ok(removed) if !removed.is_empty() => crate::console(
                     &self.state_dir,
                     &format!(

@@ -91,6 +91,8 @@ async fn containers_run_fail_alone_restart_and_follow_the_config() {
             "2000",
             "--image-gc-interval",
             "1",
+            "--image-gc-grace",
+            "0",
         ],
     );
     let mut c = fx.connect(&node, "admin", None).await.unwrap();

@@ -112,12 +112,22 @@ pub fn check_removable(name: &str, users: &ImageUsers) -> Result<(), ImagesError
     }
 }
 
-/// The names in `names` that no configured service uses, sorted.
-pub fn prune_candidates(names: &[String], users: &ImageUsers) -> Vec<String> {
-    let mut out: Vec<String> = names
+/// The images of `images` (name, creation time) that no configured service uses and, with
+/// `created_before`, that were stored before it; their names, sorted. An image whose
+/// creation time is unknown counts as old.
+pub fn prune_candidates(
+    images: &[(String, Option<SystemTime>)],
+    users: &ImageUsers,
+    created_before: Option<SystemTime>,
+) -> Vec<String> {
+    let old_enough = |created: &Option<SystemTime>| match (created, created_before) {
+        (Some(created), Some(before)) => *created < before,
+        _ => true,
+    };
+    let mut out: Vec<String> = images
         .iter()
-        .filter(|n| check_removable(n, users).is_ok())
-        .cloned()
+        .filter(|(n, created)| check_removable(n, users).is_ok() && old_enough(created))
+        .map(|(n, _)| n.clone())
         .collect();
     out.sort();
     out
@@ -172,10 +182,15 @@ pub async fn remove(
 }
 
 /// Removes every image no configured service uses; returns them.
-pub async fn prune(c: &Containerd, users: &ImageUsers) -> Result<Vec<StoredImage>, ImagesError> {
+pub async fn prune(
+    c: &Containerd,
+    users: &ImageUsers,
+    created_before: Option<SystemTime>,
+) -> Result<Vec<StoredImage>, ImagesError> {
     let images = list(c, users).await?;
-    let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
-    let chosen = prune_candidates(&names, users);
+    let named: Vec<(String, Option<SystemTime>)> =
+        images.iter().map(|i| (i.name.clone(), i.created)).collect();
+    let chosen = prune_candidates(&named, users, created_before);
     let mut removed = Vec::new();
     for image in images.into_iter().filter(|i| chosen.contains(&i.name)) {
         delete(c, &image).await?;
@@ -284,14 +299,25 @@ mod tests {
              the configuration first"
         );
         check_removable("docker.io/library/nginx:2", &u).unwrap();
-        let names = [
-            "docker.io/library/nginx:2".to_string(),
-            "docker.io/library/nginx:1".to_string(),
-            "lab.example:5000/a/b:1".to_string(),
+        let t = |s: u64| Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        let images = [
+            ("docker.io/library/nginx:2".to_string(), t(100)),
+            ("docker.io/library/nginx:1".to_string(), t(100)),
+            ("lab.example:5000/a/b:1".to_string(), t(500)),
+            ("import@sha256:00".to_string(), None),
         ];
         assert_eq!(
-            prune_candidates(&names, &u),
-            ["docker.io/library/nginx:2", "lab.example:5000/a/b:1"]
+            prune_candidates(&images, &u, None),
+            [
+                "docker.io/library/nginx:2",
+                "import@sha256:00",
+                "lab.example:5000/a/b:1"
+            ]
+        );
+        assert_eq!(
+            prune_candidates(&images, &u, t(300)),
+            ["docker.io/library/nginx:2", "import@sha256:00"],
+            "an image stored after the cut-off is kept"
         );
     }
 
