@@ -100,6 +100,47 @@ fn drift(
     out
 }
 
+/// The `config` check: the version in force, and whether the node started from an older
+/// stored version or is locked because none is usable (the `ConfigLock` resource).
+fn config_check(applied: Option<&Value>, lock: Option<&Value>) -> Check {
+    let problems = |l: &Value, key: &str| {
+        l[key]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+    };
+    match (applied, lock) {
+        (_, Some(l)) if l["locked"] == true => check(
+            "config",
+            Level::Fail,
+            format!(
+                "locked: no stored configuration is usable ({}); apply a valid one",
+                problems(l, "problems")
+            ),
+        ),
+        (Some(a), Some(l)) => check(
+            "config",
+            Level::Warn,
+            format!(
+                "version {} applied, newer stored versions passed over: {}",
+                a["version"],
+                problems(l, "passedOver")
+            ),
+        ),
+        (Some(a), None) => check(
+            "config",
+            Level::Ok,
+            format!("version {} applied", a["version"]),
+        ),
+        (None, _) => check("config", Level::Fail, "no configuration: maintenance mode"),
+    }
+}
+
 /// Runs the checks on one node.
 pub async fn health(c: &mut Clients) -> anyhow::Result<Rendered> {
     let mut checks = Vec::new();
@@ -173,14 +214,11 @@ pub async fn health(c: &mut Clients) -> anyhow::Result<Rendered> {
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         config = list(c, "config", "MachineConfig").await?;
     }
-    checks.push(match config.first() {
-        Some((_, s)) => check(
-            "config",
-            Level::Ok,
-            format!("version {} applied", s["version"]),
-        ),
-        None => check("config", Level::Fail, "no configuration: maintenance mode"),
-    });
+    let lock = list(c, "config", "ConfigLock").await?;
+    checks.push(config_check(
+        config.first().map(|(_, s)| s),
+        lock.first().map(|(_, s)| s),
+    ));
     let drifted = drift(
         &list(c, "machine", "Sysctl").await?,
         &list(c, "machine", "KernelModule").await?,
@@ -261,6 +299,33 @@ mod tests {
                 "module dummy not loaded"
             ]
         );
+    }
+
+    #[test]
+    fn a_locked_or_passed_over_configuration_is_named() {
+        let applied = json!({"version": 3});
+        let ok = config_check(Some(&applied), None);
+        assert!(ok.level == Level::Ok && ok.detail == "version 3 applied");
+        let fallback = json!({"locked": false, "version": 3,
+            "passedOver": ["version 4: unknown field `futureField`"]});
+        let warn = config_check(Some(&applied), Some(&fallback));
+        assert!(warn.level == Level::Warn, "{}", warn.detail);
+        assert!(
+            warn.detail.contains("version 4: unknown field"),
+            "{}",
+            warn.detail
+        );
+        let locked = json!({"locked": true, "problems": ["version 1: not YAML"]});
+        let fail = config_check(None, Some(&locked));
+        assert!(fail.level == Level::Fail, "{}", fail.detail);
+        assert!(
+            fail.detail
+                .starts_with("locked: no stored configuration is usable (version 1: not YAML)"),
+            "{}",
+            fail.detail
+        );
+        let maintenance = config_check(None, None);
+        assert!(maintenance.detail.contains("maintenance mode"));
     }
 
     #[test]

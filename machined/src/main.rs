@@ -212,6 +212,7 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
     let mut applied_version = 0;
     let start = start_config::choose(&config)?;
     let config_applied = start.current_applied();
+    let lock_status = start.lock_status();
     let mut serve_api = true;
     let api = match start {
         StartConfig::Unconfigured => None,
@@ -333,6 +334,14 @@ async fn run(args: Args, boot: Option<EarlyBoot>) -> anyhow::Result<()> {
             console(&state_dir, &warning);
         }
         node.applied.publish(applied_version, config);
+    }
+    if let Some(status) = lock_status {
+        node.resources.set_type(
+            "config",
+            start_config::CONFIG_LOCK_KIND,
+            "machined",
+            [("status".to_string(), status)].into(),
+        );
     }
     let status = Arc::new(machined::resources::StatusController {
         store: node.resources.clone(),

@@ -348,6 +348,14 @@ impl Node {
             self.reconcile_services(&config).await;
         }
         self.applied.publish(outcome.version, config);
+        // The configuration in force is the one just applied: no longer locked or passed
+        // over.
+        self.resources.set_type(
+            "config",
+            crate::start_config::CONFIG_LOCK_KIND,
+            "machined",
+            Default::default(),
+        );
         outcome.message = format!("stored as version {}", outcome.version);
         if was_maintenance {
             notes.push("maintenance mode ended, the API now requires mutual TLS".into());

@@ -43,7 +43,28 @@ pub enum StartConfig {
     },
 }
 
+/// The resource kind (namespace `config`) that says a stored configuration was passed over
+/// or that the node is locked; absent when the current configuration is in force.
+pub const CONFIG_LOCK_KIND: &str = "ConfigLock";
+
 impl StartConfig {
+    /// What the `ConfigLock` resource says of this start: `None` when the current
+    /// configuration (or none) is in force.
+    pub fn lock_status(&self) -> Option<serde_json::Value> {
+        match self {
+            StartConfig::Unconfigured => None,
+            StartConfig::Usable { skipped, .. } if skipped.is_empty() => None,
+            StartConfig::Usable {
+                version, skipped, ..
+            } => Some(serde_json::json!({
+                "locked": false, "version": version, "passedOver": skipped,
+            })),
+            StartConfig::Locked { problems, settings } => Some(serde_json::json!({
+                "locked": true, "apiServed": settings.is_some(), "problems": problems,
+            })),
+        }
+    }
+
     /// Whether the current stored configuration is the one in force (true when none is
     /// stored): what the health-checked commit of a trial slot asks.
     pub fn current_applied(&self) -> bool {

@@ -44,6 +44,29 @@ async fn a_damaged_current_configuration_falls_back_to_the_newest_usable_one() {
         .into_inner();
     assert_eq!(v.machine_id, "node-1");
     assert!(!v.maintenance);
+    let lock = config_lock(&mut admin).await;
+    assert_eq!(lock.len(), 1, "{lock:?}");
+    assert_eq!(
+        (lock[0]["locked"].clone(), lock[0]["version"].clone()),
+        (serde_json::json!(false), serde_json::json!(1)),
+        "{lock:?}"
+    );
+}
+
+/// The specs of the `config/ConfigLock` resources (what `basaltctl health` reads).
+async fn config_lock(c: &mut basaltctl::connect::Clients) -> Vec<serde_json::Value> {
+    c.resource
+        .list(basalt_proto::resource::v1::ListRequest {
+            namespace: "config".into(),
+            r#type: "ConfigLock".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .resources
+        .iter()
+        .map(|r| serde_json::from_slice(&r.spec_json).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -61,8 +84,19 @@ async fn no_usable_configuration_locks_the_api_to_the_stored_ca() {
         log.contains("locked (mutual TLS with the stored CA"),
         "{log}"
     );
-    // An administrator can still reach the node, and replace the configuration.
+    // An administrator can still reach the node, sees why it is locked, and can replace
+    // the configuration, which ends the lock.
     let mut admin = fx.connect(&node, "admin", None).await.unwrap();
+    let lock = config_lock(&mut admin).await;
+    assert_eq!(lock.len(), 1, "{lock:?}");
+    assert_eq!(lock[0]["locked"], true, "{lock:?}");
+    assert!(
+        lock[0]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("futureField"),
+        "{lock:?}"
+    );
     admin
         .machine
         .apply_configuration(pb::ApplyConfigurationRequest {
@@ -71,6 +105,10 @@ async fn no_usable_configuration_locks_the_api_to_the_stored_ca() {
         })
         .await
         .unwrap();
+    assert_eq!(
+        config_lock(&mut admin).await,
+        Vec::<serde_json::Value>::new()
+    );
     // A client certificate of another CA is refused as before.
     let other = Fixture::new();
     assert!(other.connect(&node, "admin", None).await.is_err());
