@@ -13,8 +13,35 @@ use anyhow::Context;
 use basalt_proto::machine::v1 as pb;
 use serde_json::json;
 
-use crate::render::{Mode, Rendered, status_err};
+use crate::reply::{Rendered, status_err};
 use basaltctl::connect::Clients;
+
+/// Apply mode on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Live when possible, else reboot.
+    Auto,
+    /// Live only.
+    NoReboot,
+    /// Store and reboot.
+    Reboot,
+    /// Store for the next boot.
+    Staged,
+    /// Live on trial with auto-revert.
+    Try,
+}
+
+impl Mode {
+    pub(crate) fn proto(self) -> pb::ApplyMode {
+        match self {
+            Mode::Auto => pb::ApplyMode::Auto,
+            Mode::NoReboot => pb::ApplyMode::NoReboot,
+            Mode::Reboot => pb::ApplyMode::Reboot,
+            Mode::Staged => pb::ApplyMode::Staged,
+            Mode::Try => pb::ApplyMode::Try,
+        }
+    }
+}
 
 /// Sends `data` with ApplyConfiguration and renders the reply.
 pub async fn apply(

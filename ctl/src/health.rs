@@ -19,7 +19,7 @@ use basalt_proto::resource::v1 as rs;
 use basaltctl::connect::Clients;
 use serde_json::{Value, json};
 
-use crate::render::{Rendered, status_err};
+use crate::reply::{Rendered, status_err};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Level {
@@ -158,7 +158,7 @@ pub async fn health(c: &mut Clients) -> anyhow::Result<Rendered> {
         .await
         .map_err(|s| status_err("BootStatus", s))?
         .into_inner();
-    let slot = |s: i32| crate::render::slot(s).to_string();
+    let slot = |s: i32| crate::reply::slot(s).to_string();
     checks.push(if b.committed {
         check(
             "boot",

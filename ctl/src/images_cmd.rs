@@ -1,7 +1,7 @@
 //! `basaltctl images`, `basaltctl image rm NAME`, `basaltctl image prune` and
 //! `basaltctl image import FILE`.
 
-use crate::render::{Rendered, status_err, ts};
+use crate::reply::{Rendered, status_err, ts};
 use basalt_proto::machine::v1 as pb;
 use basaltctl::connect::Clients;
 use serde_json::{Value, json};

@@ -11,6 +11,7 @@ mod follow;
 mod health;
 mod images_cmd;
 mod render;
+mod reply;
 mod resources_cmd;
 mod services_cmd;
 mod upgrade_cmd;
@@ -23,7 +24,8 @@ use basaltctl::secrets::{Secrets, write_file};
 use basaltctl::token::TokenKey;
 use clap::{Parser, Subcommand, ValueEnum};
 use follow::StreamOp;
-use render::{Op, Rendered};
+use render::Op;
+use reply::Rendered;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -144,7 +146,7 @@ enum Command {
         name: String,
         /// What to do.
         #[arg(value_enum)]
-        action: render::ServiceAction,
+        action: services_cmd::ServiceAction,
     },
     /// List the container images on each node, with the services that use them.
     Images,
@@ -281,8 +283,8 @@ struct PatchArgs {
     #[arg(short = 'p', long = "patch", required = true)]
     patches: Vec<String>,
     /// How the configuration takes effect.
-    #[arg(long, value_enum, default_value_t = render::Mode::Auto)]
-    mode: render::Mode,
+    #[arg(long, value_enum, default_value_t = apply::Mode::Auto)]
+    mode: apply::Mode,
     /// Only validate and show the diff.
     #[arg(long)]
     dry_run: bool,
@@ -297,8 +299,8 @@ struct ApplyArgs {
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
     /// How the configuration takes effect.
-    #[arg(long, value_enum, default_value_t = render::Mode::Auto)]
-    mode: render::Mode,
+    #[arg(long, value_enum, default_value_t = apply::Mode::Auto)]
+    mode: apply::Mode,
     /// Only validate and show the diff.
     #[arg(long)]
     dry_run: bool,

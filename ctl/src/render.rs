@@ -4,36 +4,13 @@ use anyhow::{Context as _, anyhow};
 use basalt_proto::audit::v1 as audit;
 use basalt_proto::machine::v1 as pb;
 use basaltctl::connect::Clients;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-/// Apply mode on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Live when possible, else reboot.
-    Auto,
-    /// Live only.
-    NoReboot,
-    /// Store and reboot.
-    Reboot,
-    /// Store for the next boot.
-    Staged,
-    /// Live on trial with auto-revert.
-    Try,
-}
-
-impl Mode {
-    pub(crate) fn proto(self) -> pb::ApplyMode {
-        match self {
-            Mode::Auto => pb::ApplyMode::Auto,
-            Mode::NoReboot => pb::ApplyMode::NoReboot,
-            Mode::Reboot => pb::ApplyMode::Reboot,
-            Mode::Staged => pb::ApplyMode::Staged,
-            Mode::Try => pb::ApplyMode::Try,
-        }
-    }
-}
+use crate::apply::Mode;
+use crate::reply::{Rendered, slot, status_err, ts};
+use crate::services_cmd::ServiceAction;
 
 /// One remote operation, run on each node.
 #[derive(Debug, Clone)]
@@ -134,17 +111,6 @@ pub enum Op {
     },
 }
 
-/// What `basaltctl service NAME ACTION` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServiceAction {
-    /// Start a stopped service.
-    Start,
-    /// Stop a running service.
-    Stop,
-    /// Stop then start.
-    Restart,
-}
-
 fn upgrade_phase(p: i32) -> &'static str {
     match pb::UpgradePhase::try_from(p) {
         Ok(pb::UpgradePhase::Header) => "header",
@@ -175,41 +141,6 @@ fn upgrade_rendered(r: &pb::UpgradeResponse) -> Rendered {
         json: json!({"slot": slot(r.slot), "board": r.board, "version": r.version,
             "bytes_written": r.bytes_written, "slot_size": r.slot_size, "tries": r.tries,
             "rebooting": r.rebooting, "message": r.message}),
-    }
-}
-
-/// A reply shown as text or JSON.
-#[derive(Debug)]
-pub struct Rendered {
-    /// Human-readable form (one line, or a block).
-    pub text: String,
-    /// Machine-readable form.
-    pub json: Value,
-}
-
-pub(crate) fn status_err(rpc: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow!("{rpc}: {:?}: {}", s.code(), s.message())
-}
-
-pub(crate) fn ts(t: &Option<prost_types::Timestamp>) -> String {
-    t.as_ref()
-        .and_then(|t| {
-            time::OffsetDateTime::from_unix_timestamp(t.seconds)
-                .ok()
-                .map(|d| d + time::Duration::nanoseconds(i64::from(t.nanos)))
-        })
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-pub(crate) fn slot(s: i32) -> &'static str {
-    match pb::Slot::try_from(s) {
-        Ok(pb::Slot::A) => "A",
-        Ok(pb::Slot::B) => "B",
-        _ => "-",
     }
 }
 

@@ -1,10 +1,21 @@
 //! `basaltctl services` and `basaltctl service NAME start|stop|restart`.
 
-use crate::render::{Rendered, ServiceAction, status_err, ts};
+use crate::reply::{Rendered, status_err, ts};
 use basalt_proto::machine::v1 as pb;
 use basaltctl::connect::Clients;
 use serde_json::json;
 use std::fmt::Write as _;
+
+/// What `basaltctl service NAME ACTION` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceAction {
+    /// Start a stopped service.
+    Start,
+    /// Stop a running service.
+    Stop,
+    /// Stop then start.
+    Restart,
+}
 
 fn state(s: i32) -> &'static str {
     match pb::ServiceState::try_from(s) {
