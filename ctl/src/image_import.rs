@@ -113,7 +113,16 @@ async fn import_once(
     let result = client
         .image_import(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
-    sender.abort();
+    // A local read error ends the stream early, which the node reports as an incomplete
+    // archive: the read error is the cause worth showing.
+    if !sender.is_finished() {
+        sender.abort();
+    } else if let Ok(Err(source)) = sender.await {
+        return Err(UpgradeCtlError::Io {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
     result
         .map(tonic::Response::into_inner)
         .map_err(|s| UpgradeCtlError::rpc("ImageImport", s))

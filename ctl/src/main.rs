@@ -552,10 +552,16 @@ async fn connect_and_run(cli: Cli, op: Work) -> anyhow::Result<ExitCode> {
             (nodes, tls, ctx.token.clone())
         }
     };
-    // An upgrade streams a whole slot image, a followed stream lasts until interrupted: no
-    // per-call deadline.
+    // An upgrade streams a whole slot image and an image import a whole archive, a followed
+    // stream lasts until interrupted: no per-call deadline.
     let request_timeout = match (&cli.command, &op) {
-        (Command::Upgrade(_), _) => Duration::from_secs(24 * 3600),
+        (Command::Upgrade(_), _)
+        | (
+            Command::Image {
+                action: images_cmd::ImageAction::Import { .. },
+            },
+            _,
+        ) => Duration::from_secs(24 * 3600),
         (_, Work::Stream(s)) if s.follows() => Duration::from_secs(365 * 24 * 3600),
         _ => ConnectOptions::default().request_timeout,
     };

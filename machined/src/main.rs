@@ -623,7 +623,13 @@ async fn commit_when_healthy(node: Arc<node::Node>, booted: Slot, check: node_bo
             console(&dir, &format!("boot status: {e}; not committing"));
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            console(
+                &dir,
+                "boot status: the boot backend is unavailable (a task panicked holding it); not committing",
+            );
+            return;
+        }
     };
     let on_trial = !initial.committed;
     match initial.trial {

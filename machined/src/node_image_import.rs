@@ -150,23 +150,34 @@ impl Node {
         let verified = blocking(move || staged.verify()).await??;
         let path = verified.path.clone();
         let arch = crate::containers::runtime::oci_arch();
-        if let Err(e) = blocking(move || archive::inspect(&path, arch)).await? {
-            let refused = verified.sha256.clone();
-            if let Err(r) = blocking(move || verified.remove()).await? {
-                crate::console(
-                    &self.state_dir,
-                    &format!("refused image archive {refused}: {r}"),
-                );
+        let inspected = match blocking(move || archive::inspect(&path, arch)).await? {
+            Ok(images) => images,
+            Err(e) => {
+                let refused = verified.sha256.clone();
+                if let Err(r) = blocking(move || verified.remove()).await? {
+                    crate::console(
+                        &self.state_dir,
+                        &format!("refused image archive {refused}: {r}"),
+                    );
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
         let c = self.runtime_for_import().await?;
-        let names = c
+        let mut names = c
             .import_archive(
                 &verified.path,
                 &crate::containers::ContainerRuntime::platform(),
             )
             .await?;
+        if names.is_empty() {
+            // containerd's progress events did not arrive: the names the archive gives.
+            for image in inspected.into_iter().filter(|i| !i.name.is_empty()) {
+                if c.image_target(&image.name).await?.is_some() {
+                    names.push(image.name);
+                }
+            }
+        }
         let names = full_names(&c, names).await?;
         self.remove_staged(verified).await;
         let users = self

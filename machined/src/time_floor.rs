@@ -8,8 +8,12 @@
 //! floor, bearer tokens are refused (client certificates still work, and their validity is
 //! checked by TLS with the same clock: a certificate does not grant more than its role).
 //!
-//! Limits: the floor only moves forward, on a time sync; a clock that is wrong but after
-//! the floor is not detected.
+//! Only a clock that already agreed with a time server (a sync that did not step it) moves
+//! the floor, and it is written to STATE at most once an hour of progress.
+//!
+//! Limits: the floor only moves forward; a clock that is wrong but after the floor is not
+//! detected, and a time server that lies consistently can move the floor ahead (a reset of
+//! STATE removes it).
 
 use crate::state::{StateError, write_atomic};
 use std::path::{Path, PathBuf};
@@ -19,6 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const FLOOR_FILE: &str = "time-floor";
 /// The floor of this release (2026-12-01T00:00:00Z), raised with each release.
 pub const RELEASE_FLOOR: u64 = 1_796_083_200;
+/// The floor is written to STATE only when it moves by at least this much (seconds), so a
+/// sync every few minutes does not wear the card.
+pub const RECORD_STEP: u64 = 3600;
 
 /// The time floor, in memory and on STATE.
 #[derive(Debug)]
@@ -63,9 +70,10 @@ impl TimeFloor {
     }
 
     /// Raises the floor to `confirmed` (a time a time server confirmed) and records it on
-    /// STATE; a time not after the floor changes nothing. Answers whether it moved.
+    /// STATE; a time less than [`RECORD_STEP`] after the floor changes nothing. Answers
+    /// whether it moved.
     pub fn raise(&self, confirmed: u64) -> Result<bool, StateError> {
-        if confirmed <= self.get() {
+        if confirmed < self.get().saturating_add(RECORD_STEP) {
             return Ok(false);
         }
         write_atomic(&self.path, format!("{confirmed}\n").as_bytes())?;
@@ -85,10 +93,14 @@ mod tests {
         assert_eq!((floor.get(), problem), (RELEASE_FLOOR, None));
         assert!(!floor.raise(RELEASE_FLOOR - 1).unwrap());
         assert!(!dir.path().join(FLOOR_FILE).exists());
-        assert!(floor.raise(RELEASE_FLOOR + 100).unwrap());
+        assert!(
+            !floor.raise(RELEASE_FLOOR + 100).unwrap(),
+            "less than an hour on"
+        );
+        assert!(floor.raise(RELEASE_FLOOR + 4000).unwrap());
         assert!(!floor.raise(RELEASE_FLOOR + 50).unwrap());
         let (again, _) = TimeFloor::open(dir.path());
-        assert_eq!(again.get(), RELEASE_FLOOR + 100);
+        assert_eq!(again.get(), RELEASE_FLOOR + 4000);
 
         std::fs::write(dir.path().join(FLOOR_FILE), "yesterday").unwrap();
         let (damaged, problem) = TimeFloor::open(dir.path());

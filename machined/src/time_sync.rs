@@ -250,7 +250,9 @@ impl TimeSync {
                             Err(e) => step_error = Some(e.to_string()),
                         }
                     }
-                    if step_error.is_none() {
+                    // Only a clock that already agreed with the server becomes the floor: one
+                    // reply that steps the clock far ahead does not move it at once.
+                    if !stepped {
                         self.raise_floor();
                     }
                     self.publish(json!({

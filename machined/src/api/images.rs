@@ -79,7 +79,8 @@ pub async fn prune(
 
 fn import_error(e: ImportError) -> Status {
     match e {
-        ImportError::Busy => Status::failed_precondition(e.to_string()),
+        // Retried by clients, like a busy upgrade.
+        ImportError::Busy => Status::aborted(e.to_string()),
         ImportError::Images(e) => status(e),
         ImportError::Staging(StagingError::NoRoom { .. }) => {
             Status::resource_exhausted(e.to_string())
@@ -108,9 +109,13 @@ pub fn import_status(
     })
 }
 
+/// How long an ImageImport stream may stay silent before the node gives up on it (and
+/// frees the import slot for a retry).
+const IMPORT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// ImageImport: the options, then data appended to the staged archive, then the import.
 pub async fn import(
-    node: &Node,
+    node: &std::sync::Arc<Node>,
     request: Request<Streaming<pb::ImageImportChunk>>,
 ) -> Result<pb::ImageImportResponse, Status> {
     let note = AuditNote::of(&request);
@@ -128,14 +133,32 @@ pub async fn import(
             "the first ImageImport message must carry the options",
         ));
     };
-    let archive = format!("archive={} size={}", options.sha256, options.size);
+    // Not checked yet: shown at most 64 characters long.
+    let sha_shown: String = options.sha256.chars().take(64).collect();
+    let archive = format!("archive={sha_shown} size={}", options.size);
     note_set(archive.clone());
     let mut import = node
         .begin_image_import(&options.sha256, options.size)
         .await
         .map_err(import_error)?;
     let resumed_at = import.staged();
-    while let Some(message) = stream.next().await {
+    loop {
+        let message = match tokio::time::timeout(IMPORT_IDLE, stream.next()).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(_) => {
+                note_set(format!(
+                    "{archive}: no data for {} s at {} bytes",
+                    IMPORT_IDLE.as_secs(),
+                    import.staged()
+                ));
+                import.keep().await.map_err(import_error)?;
+                return Err(Status::deadline_exceeded(format!(
+                    "ImageImport: no data for {} s; the part received is kept (resume)",
+                    IMPORT_IDLE.as_secs()
+                )));
+            }
+        };
         let data = match message {
             Ok(pb::ImageImportChunk {
                 message: Some(pb::image_import_chunk::Message::Data(d)),
@@ -164,10 +187,16 @@ pub async fn import(
         }
     }
     let received = import.received();
-    let imported = node.finish_image_import(import).await.map_err(|e| {
-        note_set(format!("{archive}: {e}"));
-        import_error(e)
-    })?;
+    // The import runs to its end even when the client goes away meanwhile: cancelling it
+    // half way would only make the retry do it again.
+    let finishing = node.clone();
+    let imported = tokio::spawn(async move { finishing.finish_image_import(import).await })
+        .await
+        .map_err(|e| Status::internal(format!("ImageImport: {e}")))?
+        .map_err(|e| {
+            note_set(format!("{archive}: {e}"));
+            import_error(e)
+        })?;
     let names: Vec<&str> = imported.iter().map(|i| i.name.as_str()).collect();
     note_set(format!(
         "{archive} resumed_at={resumed_at} imported=[{}]",

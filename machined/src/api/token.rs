@@ -291,12 +291,16 @@ impl TokenVerifier {
             .iter()
             .filter_map(|s| Scope::parse(s))
             .collect();
+        let hash_id = token_hash_id(token);
         let id = claims
             .jti
             .filter(|j| !j.is_empty())
-            .unwrap_or_else(|| token_hash_id(token));
-        if self.limits.revoked.contains(&id) {
-            return Err(TokenError::Revoked(id));
+            .unwrap_or_else(|| hash_id.clone());
+        // Either id revokes it: the jti, or the hash id a refused call is audited with.
+        for revoked in [&id, &hash_id] {
+            if self.limits.revoked.contains(revoked) {
+                return Err(TokenError::Revoked(revoked.clone()));
+            }
         }
         Ok(VerifiedToken {
             id,
@@ -472,6 +476,20 @@ mod tests {
         assert_eq!(
             v.verify(&token(Some(NOW - 10), NOW + 60, "gone"), NOW),
             Err(TokenError::Revoked("gone".into()))
+        );
+        // A token with a jti is revoked by its hash id too.
+        let named = token(Some(NOW - 10), NOW + 60, "kept");
+        let by_hash = TokenVerifier::new(
+            v.keys.clone(),
+            v.audiences.clone(),
+            TokenLimits {
+                max_lifetime_secs: 3600,
+                revoked: [token_hash_id(&named)].into(),
+            },
+        );
+        assert_eq!(
+            by_hash.verify(&named, NOW),
+            Err(TokenError::Revoked(token_hash_id(&named)))
         );
         // Without a jti the hash id the audit log shows is what a revocation names.
         let anonymous = sign(

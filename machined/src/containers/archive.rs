@@ -11,6 +11,7 @@
 
 use super::image::{self, ImageError};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -18,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 /// The largest JSON member read into memory.
 const MAX_JSON_MEMBER: u64 = 4 << 20;
+/// The most members an archive may have (bounds the index of members in memory).
+const MAX_MEMBERS: usize = 65_536;
 /// containerd's annotation of an image's full name in an OCI index.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// The OCI annotation of an image's reference (a tag or a full name).
@@ -51,6 +54,28 @@ pub enum ArchiveError {
         member: String,
         /// What names it.
         named_by: String,
+    },
+    /// Two members have the same name: which one counts would differ between readers.
+    #[error("image archive {path}: {member} is in the archive twice")]
+    Duplicate {
+        /// The archive.
+        path: PathBuf,
+        /// The member.
+        member: String,
+    },
+    /// Too many members.
+    #[error("image archive {path} has more than {MAX_MEMBERS} members")]
+    TooManyMembers {
+        /// The archive.
+        path: PathBuf,
+    },
+    /// A blob does not hash to the digest it is named by.
+    #[error("image archive {path}: {member} does not match its digest")]
+    Corrupt {
+        /// The archive.
+        path: PathBuf,
+        /// The member.
+        member: String,
     },
     /// A JSON member is too large.
     #[error("image archive {path}: {member} is larger than {MAX_JSON_MEMBER} bytes")]
@@ -135,14 +160,31 @@ impl Members {
         let file = File::open(path).map_err(io)?;
         let mut at = BTreeMap::new();
         let mut tar = tar::Archive::new(&file);
-        for entry in tar.entries().map_err(io)? {
+        // Raw entries: extension records (long names, PAX headers) are skipped like any
+        // other member instead of being read into memory whatever size they claim; the
+        // members an image archive needs have short names.
+        let entries = tar.entries().map_err(io)?.raw(true);
+        for entry in entries {
             let entry = entry.map_err(io)?;
             if !entry.header().entry_type().is_file() {
                 continue;
             }
             let name = entry.path().map_err(io)?.to_string_lossy().into_owned();
             let name = name.trim_start_matches("./").to_string();
-            at.insert(name, (entry.raw_file_position(), entry.size()));
+            if at.len() >= MAX_MEMBERS {
+                return Err(ArchiveError::TooManyMembers {
+                    path: path.to_path_buf(),
+                });
+            }
+            if at
+                .insert(name.clone(), (entry.raw_file_position(), entry.size()))
+                .is_some()
+            {
+                return Err(ArchiveError::Duplicate {
+                    path: path.to_path_buf(),
+                    member: name,
+                });
+            }
         }
         Ok(Members {
             path: path.to_path_buf(),
@@ -177,6 +219,21 @@ impl Members {
         let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         (&self.file).take(len).read_to_end(&mut out).map_err(io)?;
         Ok(out)
+    }
+
+    /// A blob of an OCI layout, checked against its digest (the digest containerd files it
+    /// under: what is inspected is what is imported).
+    fn read_blob(&mut self, digest: &str, named_by: &str) -> Result<Vec<u8>, ArchiveError> {
+        let member = blob_member(digest);
+        let bytes = self.read(&member, named_by)?;
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        if hex::encode(Sha256::digest(&bytes)) != hex {
+            return Err(ArchiveError::Corrupt {
+                path: self.path.clone(),
+                member,
+            });
+        }
+        Ok(bytes)
     }
 
     fn json<T: for<'a> Deserialize<'a>>(
@@ -243,15 +300,15 @@ fn inspect_oci(members: &mut Members, arch: &str) -> Result<Vec<ArchiveImage>, A
         };
         let mut manifest_digest = entry.digest.clone();
         if image::is_index(&entry.media_type) {
-            let nested = members.read(&blob_member(&entry.digest), "index.json")?;
+            let nested = members.read_blob(&entry.digest, "index.json")?;
             manifest_digest = image::select_manifest(&shown, &nested, arch)
                 .map_err(|e| members.platform_error(e))?
                 .digest;
         }
-        let manifest = members.read(&blob_member(&manifest_digest), &shown)?;
+        let manifest = members.read_blob(&manifest_digest, &shown)?;
         let config =
             image::manifest_config(&shown, &manifest).map_err(|e| members.platform_error(e))?;
-        let config = members.read(&blob_member(&config.digest), &manifest_digest)?;
+        let config = members.read_blob(&config.digest, &manifest_digest)?;
         image::image_config(&shown, &config, arch).map_err(|e| members.platform_error(e))?;
         images.push(ArchiveImage {
             name,
@@ -271,7 +328,25 @@ fn inspect_docker(members: &mut Members, arch: &str) -> Result<Vec<ArchiveImage>
         } else {
             name.clone()
         };
-        let config = members.read(&entry.config, "manifest.json")?;
+        // `<hex>.json` (older Docker) or `blobs/sha256/<hex>` (newer): named by its digest.
+        let stem = entry
+            .config
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(".json");
+        let config = if stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let bytes = members.read(&entry.config, "manifest.json")?;
+            if hex::encode(Sha256::digest(&bytes)) != stem {
+                return Err(ArchiveError::Corrupt {
+                    path: members.path.clone(),
+                    member: entry.config,
+                });
+            }
+            bytes
+        } else {
+            members.read(&entry.config, "manifest.json")?
+        };
         image::image_config(&shown, &config, arch).map_err(|e| members.platform_error(e))?;
         images.push(ArchiveImage {
             name,
@@ -284,7 +359,6 @@ fn inspect_docker(members: &mut Members, arch: &str) -> Result<Vec<ArchiveImage>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
 
     fn digest(b: &[u8]) -> String {
         format!("sha256:{}", hex::encode(Sha256::digest(b)))
@@ -368,6 +442,30 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_that_does_not_match_its_digest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = oci_archive(dir.path(), "arm64", "web:1", false);
+        // The same archive with the configuration's content swapped for another platform's
+        // under the same name: what containerd would store is not what was inspected.
+        let mut members = Vec::new();
+        let mut tar = tar::Archive::new(File::open(&good).unwrap());
+        for e in tar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            if data == config("arm64") {
+                data = config("amd64");
+            }
+            members.push((name, data));
+        }
+        let forged_dir = tempfile::tempdir().unwrap();
+        let forged = tar_of(forged_dir.path(), &members);
+        let e = inspect(&forged, "amd64").unwrap_err().to_string();
+        assert!(e.contains("does not match its digest"), "{e}");
+    }
+
+    #[test]
     fn docker_archives_are_named_by_their_tags() {
         let dir = tempfile::tempdir().unwrap();
         let manifest = r#"[{"Config":"abc.json","RepoTags":["web:1"],"Layers":[]}]"#;
@@ -408,6 +506,15 @@ mod tests {
         );
         let e = inspect(&path, "amd64").unwrap_err().to_string();
         assert!(e.contains("holds no image"), "{e}");
+        let path = tar_of(
+            dir.path(),
+            &[
+                ("index.json".into(), br#"{"manifests":[]}"#.to_vec()),
+                ("./index.json".into(), br#"{"manifests":[]}"#.to_vec()),
+            ],
+        );
+        let e = inspect(&path, "amd64").unwrap_err().to_string();
+        assert!(e.contains("index.json is in the archive twice"), "{e}");
         let not_tar = dir.path().join("junk");
         std::fs::write(&not_tar, vec![7u8; 2000]).unwrap();
         assert!(inspect(&not_tar, "amd64").is_err());

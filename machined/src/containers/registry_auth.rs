@@ -87,14 +87,16 @@ pub async fn answer_requests(stream: ClientStream, credentials: PullCredentials)
         if !is::<AuthRequest>(&any) {
             continue;
         }
-        let Ok(request) = AuthRequest::decode(any.value.as_slice()) else {
-            continue;
+        // containerd waits for an answer to every request: one it cannot be read gets "no
+        // credentials".
+        let response = match AuthRequest::decode(any.value.as_slice()) {
+            Ok(request) => answer(&credentials, &request),
+            Err(_) => AuthResponse {
+                auth_type: AuthType::None as i32,
+                ..AuthResponse::default()
+            },
         };
-        if tx
-            .send(to_any(&answer(&credentials, &request)))
-            .await
-            .is_err()
-        {
+        if tx.send(to_any(&response)).await.is_err() {
             return;
         }
     }

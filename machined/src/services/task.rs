@@ -40,7 +40,9 @@ impl Task {
             s.healthy = false;
             s.since = SystemTime::now();
             s.message = message.clone();
-            s.waiting_for_runtime = false;
+            // A retry after a pull that failed is still waiting for the runtime until it
+            // runs (or exits).
+            s.waiting_for_runtime = s.waiting_for_runtime && state == ServiceState::Starting;
             if let Some(g) = generation {
                 s.generation = g;
             }
