@@ -5,12 +5,16 @@
 //! already present; side by side, containerd's own `ctr run` of the same image on the same
 //! containerd (its time to the container answering), so that the difference is machined's
 //! overhead over the runtime's. A second container service (`idle`) keeps containerd running
-//! between the runs. Also containerd's and the shims' resident memory. Run through
-//! `scripts/bench-containers` (as root), which prints a Markdown table.
+//! between the runs. Also containerd's and the shims' resident memory, and the import of an
+//! archive of the same image over the API (`basaltctl image import`: streamed, staged on
+//! the node, checked, then containerd's transfer service) beside `ctr images import` of the
+//! same archive (containerd's transfer service alone). Run through `scripts/bench-containers`
+//! (as root), which prints Markdown tables.
 
 use basalt_proto::machine::v1 as pb;
 use basalt_tests::containers::{
-    ContainerdCleanup, HTTPD_INDEX, OciImage, Registry, busybox_static, containerd_bin_dir, push,
+    ContainerdCleanup, HTTPD_INDEX, OciImage, Registry, busybox_static, containerd_bin_dir,
+    oci_archive, push,
 };
 use basaltctl::config::{MachineConfigInput, render_machine_config};
 use basaltctl::connect::{Clients, ConnectOptions, TlsSettings, connect};
@@ -72,12 +76,12 @@ fn until_answering(t0: Instant, port: u16) -> Duration {
     t0.elapsed()
 }
 
-fn until_silent(port: u16) {
+fn until_silent(port: u16, after: &str) {
     let t0 = Instant::now();
     while answers(port) {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
-            "port {port} still answers"
+            "port {port} still answers 60 s after {after}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -146,6 +150,44 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The archive of `layout` imported [`RUNS`] times over the API and by `ctr`, the image
+/// removed before each run (its content stays in containerd's store: both import the same
+/// bytes into a store that holds them already).
+async fn imports(
+    c: &mut Clients,
+    socket: &Path,
+    layout: &Path,
+    work: &Path,
+) -> (Vec<Duration>, Vec<Duration>) {
+    use basaltctl::image_import::import_archive;
+    use basaltctl::upgrade::Retry;
+    let archive = work.join("web.tar");
+    oci_archive(layout, &archive, "bench-import:1");
+    let (mut api, mut by_ctr) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let _ = ctr_basalt(
+            socket,
+            &["images", "rm", "docker.io/library/bench-import:1"],
+        );
+        let t0 = Instant::now();
+        import_archive(&mut c.machine, &archive, &Retry::default(), &mut |_| {})
+            .await
+            .expect("ImageImport");
+        api.push(t0.elapsed());
+        let _ = ctr(socket, &["images", "rm", "bench-import:1"]);
+        let t0 = Instant::now();
+        let archive = archive.to_string_lossy();
+        let out = ctr(socket, &["images", "import", &archive]);
+        assert!(
+            out.status.success(),
+            "ctr images import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        by_ctr.push(t0.elapsed());
+    }
+    (api, by_ctr)
 }
 
 #[tokio::main]
@@ -223,13 +265,13 @@ async fn main() {
         apply(&mut c, &with).await;
         pulled.push(until_answering(t0, port));
         apply(&mut c, &without).await;
-        until_silent(port);
+        until_silent(port, "the removal of the pulled service");
         // Present: the image stays.
         let t0 = Instant::now();
         apply(&mut c, &with).await;
         present.push(until_answering(t0, port));
         apply(&mut c, &without).await;
-        until_silent(port);
+        until_silent(port, "the removal of the service");
     }
     // ctr run of the same image (already in containerd's content store, its own namespace).
     let pulled_by_ctr = ctr(&socket, &["images", "pull", "--local=false", &image]);
@@ -253,8 +295,9 @@ async fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = ctr(&socket, &["containers", "rm", &id]);
-        until_silent(port);
+        until_silent(port, "ctr tasks kill");
     }
+    let (imported, by_ctr_import) = imports(&mut c, &socket, &layout, work.path()).await;
     apply(&mut c, &with).await;
     until_answering(Instant::now(), port);
     let containerd: u64 = pids_named("containerd").iter().map(|p| rss_kib(*p)).sum();
@@ -281,6 +324,14 @@ async fn main() {
     println!(
         "| `ctr run -d --net-host` → container answering (reference, same containerd) | {} |",
         ms(median(by_ctr))
+    );
+    println!(
+        "| `basaltctl image import` of the same image's archive → imported and unpacked | {} |",
+        ms(median(imported))
+    );
+    println!(
+        "| `ctr images import` of the same archive (reference, same containerd) | {} |",
+        ms(median(by_ctr_import))
     );
     println!();
     println!("| process | RSS |");
