@@ -12,7 +12,7 @@ mod common;
 
 use basalt_proto::machine::v1 as pb;
 use basalt_tests::containers::{
-    ContainerdCleanup, HTTPD_INDEX, OciImage, Registry, busybox_httpd_image, busybox_static,
+    ContainerdCleanup, HTTPD_INDEX, OciImage, Registry, busybox_httpd_image, busybox_shell_image,
     manifest_digest, oci_archive, push,
 };
 use basaltctl::connect::Clients;
@@ -52,14 +52,7 @@ async fn containers_run_fail_alone_restart_and_follow_the_config() {
         &registry.reference("httpd:v1"),
         &registry,
     );
-    let shell = OciImage::new("amd64")
-        .file("/bin/busybox", &busybox_static("amd64"), 0o755)
-        .symlink("/bin/sh", "busybox")
-        .symlink("/bin/sleep", "busybox")
-        .entrypoint(&["/bin/sh", "-c"])
-        .cmd(&["echo idle; exec sleep 300"])
-        .env(&["PATH=/bin"])
-        .write(&work.join("shell"));
+    let shell = busybox_shell_image(&work.join("shell"), "amd64", "idle");
     push(&shell, &registry.reference("shell:v1"), &registry);
     let alien = OciImage::new("arm64")
         .file_bytes("/hello", "arm64 only", 0o644)
@@ -428,14 +421,7 @@ async fn a_pull_onto_a_full_disk_fails_alone_and_succeeds_once_there_is_room() {
     let fx = Fixture::new();
     let work = fx.state_dir("work");
     let registry = Registry::start(&work.join("registry"), true);
-    let shell = OciImage::new("amd64")
-        .file("/bin/busybox", &busybox_static("amd64"), 0o755)
-        .symlink("/bin/sh", "busybox")
-        .symlink("/bin/sleep", "busybox")
-        .entrypoint(&["/bin/sh", "-c"])
-        .cmd(&["echo up; exec sleep 300"])
-        .env(&["PATH=/bin"])
-        .write(&work.join("shell"));
+    let shell = busybox_shell_image(&work.join("shell"), "amd64", "up");
     push(&shell, &registry.reference("shell:v1"), &registry);
     let state = fx.state_dir("node");
     // Room for containerd's metadata, not for the image (busybox: about 1 MiB compressed).
@@ -662,14 +648,7 @@ async fn a_registry_that_wants_credentials_is_pulled_from_with_those_of_the_conf
     let work = fx.state_dir("work");
     let (user, wrong, right) = ("edge", "wr0ng-pa55word", "pu11-s3cret-1");
     let registry = Registry::start_with_login(&work.join("registry"), user, right);
-    let shell = OciImage::new("amd64")
-        .file("/bin/busybox", &busybox_static("amd64"), 0o755)
-        .symlink("/bin/sh", "busybox")
-        .symlink("/bin/sleep", "busybox")
-        .entrypoint(&["/bin/sh", "-c"])
-        .cmd(&["echo up; exec sleep 300"])
-        .env(&["PATH=/bin"])
-        .write(&work.join("shell"));
+    let shell = busybox_shell_image(&work.join("shell"), "amd64", "up");
     push(&shell, &registry.reference("private:v1"), &registry);
     let ca: String = registry
         .ca_pem()

@@ -96,6 +96,19 @@ pub(super) fn call(
     }
 }
 
+/// The image store as the destination of a transfer: content for `platform` only, unpacked
+/// into the snapshotter containers run on.
+pub(super) fn node_image_store(platform: &Platform) -> ImageStore {
+    ImageStore {
+        platforms: vec![platform.clone()],
+        unpacks: vec![UnpackConfiguration {
+            platform: Some(platform.clone()),
+            snapshotter: SNAPSHOTTER.into(),
+        }],
+        ..ImageStore::default()
+    }
+}
+
 pub(super) fn in_namespace<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
@@ -280,12 +293,7 @@ impl Containerd {
         };
         let destination = ImageStore {
             name: reference.into(),
-            platforms: vec![platform.clone()],
-            unpacks: vec![UnpackConfiguration {
-                platform: Some(platform.clone()),
-                snapshotter: SNAPSHOTTER.into(),
-            }],
-            ..ImageStore::default()
+            ..node_image_store(platform)
         };
         let request = TransferRequest {
             source: Some(to_any(&source)),

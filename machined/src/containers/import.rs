@@ -13,14 +13,13 @@
 //! containerd creates the image records only after the archive's content is stored, so a
 //! broken archive leaves no image behind (its content, unreferenced, is garbage collected).
 
-use super::client::{Containerd, ContainerdError, SNAPSHOTTER, call, in_namespace};
+use super::client::{Containerd, ContainerdError, call, in_namespace, node_image_store};
 use super::streams::{ClientStream, is, stream_id};
 use containerd_client::services::v1::{TransferOptions, TransferRequest};
 use containerd_client::to_any;
 use containerd_client::types::Platform;
 use containerd_client::types::transfer::{
-    Data, ImageImportStream, ImageReference, ImageStore, Progress, UnpackConfiguration,
-    WindowUpdate,
+    Data, ImageImportStream, ImageReference, ImageStore, Progress, WindowUpdate,
 };
 use prost::Message;
 use prost_types::Any;
@@ -60,7 +59,6 @@ impl Containerd {
             force_compress: false,
         };
         let destination = ImageStore {
-            platforms: vec![platform.clone()],
             extra_references: vec![ImageReference {
                 name: UNNAMED_PREFIX.into(),
                 is_prefix: true,
@@ -68,11 +66,7 @@ impl Containerd {
                 add_digest: true,
                 skip_named_digest: true,
             }],
-            unpacks: vec![UnpackConfiguration {
-                platform: Some(platform.clone()),
-                snapshotter: SNAPSHOTTER.into(),
-            }],
-            ..ImageStore::default()
+            ..node_image_store(platform)
         };
         let request = TransferRequest {
             source: Some(to_any(&source)),

@@ -13,6 +13,7 @@
 //!   layer, an image config, a manifest), byte-identical for the same inputs;
 //! - [`push`], [`oci_archive`], [`inspect`]: `skopeo` between a layout, a registry and an
 //!   `oci-archive` file;
+//! - [`busybox_shell_image`]: an image that prints a line and sleeps.
 //! - [`busybox_httpd_image`]: an image whose entrypoint is busybox's `httpd` serving
 //!   [`HTTPD_INDEX`].
 //!

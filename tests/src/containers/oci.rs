@@ -323,3 +323,17 @@ pub fn busybox_httpd_image(dir: &Path, arch: &str, port: u16) -> PathBuf {
         .env(&["PATH=/bin"])
         .write(dir)
 }
+
+/// Writes into `dir` the layout of an image for `arch` that prints `message` and sleeps:
+/// busybox ([`busybox_static`]) at `/bin/busybox`, `/bin/sh` and `/bin/sleep` linking to
+/// it, entry point `/bin/sh -c`. Returns the layout's folder.
+pub fn busybox_shell_image(dir: &Path, arch: &str, message: &str) -> PathBuf {
+    OciImage::new(arch)
+        .file("/bin/busybox", &busybox_static(arch), 0o755)
+        .symlink("/bin/sh", "busybox")
+        .symlink("/bin/sleep", "busybox")
+        .entrypoint(&["/bin/sh", "-c"])
+        .cmd(&[&format!("echo {message}; exec sleep 300")])
+        .env(&["PATH=/bin"])
+        .write(dir)
+}
